@@ -1,0 +1,137 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Requests, replies and notifications <-> proton.Message.
+
+The wire format is the one of oslo.messaging's former AMQP 1.0 driver: one
+AMQP-value body section holding a JSON string, nothing in application
+properties or subject. Requests and notifications carry
+``{"request": MSG, "context": CTXT}`` (plus ``"call_monitor_timeout"``),
+replies ``{"response": R}`` or ``{"failure": "<serialized exception>"}``.
+"""
+
+import time
+import uuid
+
+import proton
+from oslo_messaging._drivers import common as om_common
+from oslo_serialization import jsonutils
+
+VERSION_KEY = 'oslo.version'
+MESSAGE_KEY = 'oslo.message'
+ENVELOPE_VERSION = '2.0'
+
+
+class DecodeError(ValueError):
+    """A message that is not a valid request, reply or notification."""
+
+
+def _json_body(message: proton.Message) -> dict:
+    body = message.body
+    if isinstance(body, (bytes, memoryview, proton.Data)) or \
+            not isinstance(body, str):
+        raise DecodeError('body is %s, expected a JSON string' %
+                          type(body).__name__)
+    try:
+        data = jsonutils.loads(body)
+    except ValueError as exc:
+        raise DecodeError('body is not JSON: %s' % exc)
+    if not isinstance(data, dict):
+        raise DecodeError('body is a JSON %s, expected an object' %
+                          type(data).__name__)
+    return data
+
+
+def envelope(msg: dict) -> dict:
+    """Wrap a notification the way the messagingv2 driver expects."""
+    return {VERSION_KEY: ENVELOPE_VERSION, MESSAGE_KEY: jsonutils.dumps(msg)}
+
+
+def unwrap(msg):
+    """Undo :func:`envelope` when present."""
+    if isinstance(msg, dict) and VERSION_KEY in msg:
+        inner = msg.get(MESSAGE_KEY)
+        if not isinstance(inner, str):
+            raise DecodeError('envelope without a message string')
+        try:
+            return jsonutils.loads(inner)
+        except ValueError as exc:
+            raise DecodeError('enveloped message is not JSON: %s' % exc)
+    return msg
+
+
+def encode_request(ctxt: dict, msg: dict, use_envelope: bool = False,
+                   call_monitor_timeout: float = None,
+                   timeout: float = None) -> proton.Message:
+    """Build the message of a call, cast or notification."""
+    data = {'request': envelope(msg) if use_envelope else msg,
+            'context': ctxt}
+    if call_monitor_timeout is not None:
+        data['call_monitor_timeout'] = call_monitor_timeout
+    message = proton.Message(body=jsonutils.dumps(data))
+    if timeout:
+        message.ttl = timeout
+        message.expiry_time = time.time() + timeout
+    return message
+
+
+def decode_request(message: proton.Message):
+    """Return (ctxt, msg, call_monitor_timeout) or raise DecodeError."""
+    data = _json_body(message)
+    if 'request' not in data:
+        raise DecodeError('no "request" key')
+    msg = unwrap(data['request'])
+    if not isinstance(msg, dict):
+        raise DecodeError('request is a %s, expected an object' %
+                          type(msg).__name__)
+    ctxt = data.get('context') or {}
+    if not isinstance(ctxt, dict):
+        raise DecodeError('context is a %s, expected an object' %
+                          type(ctxt).__name__)
+    cmt = data.get('call_monitor_timeout')
+    if cmt is not None and (isinstance(cmt, bool) or
+                            not isinstance(cmt, (int, float))):
+        raise DecodeError('call_monitor_timeout is not a number')
+    return ctxt, msg, cmt
+
+
+def new_message_id() -> str:
+    """A message id as the old driver made them: uuid4 hex."""
+    return uuid.uuid4().hex
+
+
+def encode_reply(correlation_id, reply=None, failure=None) -> proton.Message:
+    """Build the reply to a call; failure is an exception or exc_info."""
+    if failure is not None:
+        data = {'failure': om_common.serialize_remote_exception(failure)}
+    else:
+        data = {'response': reply}
+    message = proton.Message(body=jsonutils.dumps(data))
+    message.correlation_id = correlation_id
+    return message
+
+
+def encode_heartbeat(correlation_id) -> proton.Message:
+    """The call-monitor heartbeat: no body, just the correlation id."""
+    message = proton.Message()
+    message.correlation_id = correlation_id
+    return message
+
+
+def is_heartbeat(message: proton.Message) -> bool:
+    """True for a call-monitor heartbeat."""
+    return message.body is None
+
+
+def decode_reply(message: proton.Message, allowed_remote_exmods=None):
+    """Return (result, exception); exception is None on success."""
+    data = _json_body(message)
+    if 'failure' in data:
+        failure = data['failure']
+        if not isinstance(failure, str):
+            raise DecodeError('failure is not a string')
+        return None, om_common.deserialize_remote_exception(
+            failure, allowed_remote_exmods or [])
+    if 'response' not in data:
+        raise DecodeError('reply has neither "response" nor "failure"')
+    return data['response'], None

@@ -1,0 +1,283 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""The oslo.messaging driver registered as ``amqp``.
+
+Thin: it turns BaseDriver calls into SendTasks and Subscriptions for the
+controller and turns what arrives back into IncomingMessages. It never
+touches proton links itself.
+"""
+
+import logging
+import os
+import threading
+
+import oslo_messaging as om
+from oslo_messaging._drivers import base
+
+from oslo_messaging_amqp1 import addressing
+from oslo_messaging_amqp1 import codec
+from oslo_messaging_amqp1 import controller
+from oslo_messaging_amqp1 import eventloop
+from oslo_messaging_amqp1 import opts
+
+LOG = logging.getLogger(__name__)
+# how much longer than its own timeout a caller waits for the I/O thread
+_GRACE = 2.0
+
+
+class _Incoming(base.RpcIncomingMessage):
+    """A request or notification received on one of our links."""
+
+    def __init__(self, listener, link, handle, ctxt, msg, message):
+        super().__init__(ctxt, msg, getattr(message, 'id', None))
+        self._listener = listener
+        self._link = link
+        self._handle = handle
+        self._reply_to = message.reply_to
+        self._request_id = message.id
+        self._settled = False
+
+    def _settle(self, outcome: str) -> None:
+        if not self._settled:
+            self._settled = True
+            self._listener.ctl.settle(self._link, self._handle, outcome)
+
+    def acknowledge(self) -> None:
+        """Accept the delivery."""
+        self._settle('accept')
+
+    def requeue(self) -> None:
+        """Release the delivery for redelivery."""
+        self._settle('release')
+
+    def reply(self, reply=None, failure=None) -> None:
+        """Send the result of a call back to the caller."""
+        if not self._reply_to:
+            return
+        message = codec.encode_reply(self._request_id, reply, failure)
+        self._listener.driver.send_raw(self._reply_to, message, 'rpc-reply')
+
+    def heartbeat(self) -> None:
+        """Tell a monitoring caller that the call is still running."""
+        if self._reply_to:
+            self._listener.driver.send_raw(
+                self._reply_to, codec.encode_heartbeat(self._request_id),
+                'heartbeat')
+
+
+class ProtonListener(base.PollStyleListener):
+    """Messages of one RPC server or notification listener."""
+
+    def __init__(self, driver, ctl, routes, credit, label, rpc=True):
+        super().__init__(credit)
+        self.driver = driver
+        self.ctl = ctl
+        self.rpc = rpc
+        self.inbox = eventloop.Inbox()
+        self.sub = controller.Subscription(routes, self.inbox, credit, label)
+        ctl.subscribe(self.sub)
+
+    @base.batch_poll_helper
+    def poll(self, timeout=None):
+        """Return the next valid message, or None on timeout or stop."""
+        deadline = None if timeout is None else eventloop.now() + timeout
+        while True:
+            left = None if deadline is None else deadline - eventloop.now()
+            if left is not None and left <= 0:
+                return None
+            item = self.inbox.get(left)
+            if item is None:
+                return None
+            _rx, link, handle, message = item
+            try:
+                ctxt, msg, monitor = codec.decode_request(message)
+            except codec.DecodeError as exc:
+                LOG.warning('Rejected a malformed message on %s: %s',
+                            self.sub.label, exc)
+                self.ctl.settle(link, handle, 'malformed message: %s' % exc)
+                continue
+            incoming = _Incoming(self, link, handle, ctxt, msg, message)
+            if self.rpc and monitor:
+                incoming.client_timeout = monitor
+            return incoming
+
+    def stop(self) -> None:
+        """Make poll() return."""
+        self.inbox.close()
+
+    def cleanup(self) -> None:
+        """Detach the links; undelivered messages go back to the peer."""
+        self.ctl.unsubscribe(self.sub)
+        while True:
+            item = self.inbox.get(0)
+            if item is None:
+                break
+            self.ctl.settle(item[1], item[2], 'release')
+
+
+class ProtonDriver(base.BaseDriver):
+    """AMQP 1.0 for oslo.messaging: routers, brokers and RabbitMQ."""
+
+    def __init__(self, conf, url, default_exchange=None,
+                 allowed_remote_exmods=None) -> None:
+        opts.register(conf)
+        super().__init__(conf, url, default_exchange,
+                         allowed_remote_exmods or [])
+        self._opts = conf.oslo_messaging_amqp
+        _check_url(url)
+        self._pre_settled = _check_pre_settled(self._opts.pre_settled)
+        self._ctl = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _controller(self) -> controller.Controller:
+        """The controller of this process (a fresh one after fork)."""
+        pid = os.getpid()
+        ctl = self._ctl
+        if ctl is not None and self._pid == pid:
+            return ctl
+        with self._lock:
+            if self._ctl is None or self._pid != pid:
+                if self._ctl is not None:
+                    LOG.debug('process forked: new AMQP 1.0 connection')
+                self._ctl = controller.Controller(
+                    self.conf, self._url, self._default_exchange,
+                    self._allowed_remote_exmods)
+                self._pid = pid
+            return self._ctl
+
+    def _run(self, task: controller.SendTask):
+        self._controller().submit(task)
+        result = task.waiter.wait(task.timeout + _GRACE)
+        if not task.waiter.done():
+            raise om.MessagingTimeout('Timed out after %ss sending %s' %
+                                      (task.timeout, task.label))
+        return result
+
+    def send_raw(self, address: str, message, kind: str) -> None:
+        """Send a reply or heartbeat to a reply address; never raises."""
+        timeout = self._opts.default_reply_timeout
+        task = controller.SendTask(
+            lambda a: addressing.Route(address), message, timeout,
+            self._opts.default_reply_retry,
+            kind == 'heartbeat' or 'rpc-reply' in self._pre_settled,
+            label='%s to %s' % (kind, address))
+        try:
+            self._run(task)
+        except Exception as exc:
+            LOG.warning('Could not send the %s to %s: %s', kind, address,
+                        exc)
+
+    # -- BaseDriver ------------------------------------------------------
+
+    def require_features(self, requeue=False) -> None:
+        """Requeue is supported: the delivery is released."""
+
+    def send(self, target, ctxt, message, wait_for_reply=None, timeout=None,
+             call_monitor_timeout=None, retry=None, transport_options=None):
+        """Cast or call target."""
+        if timeout is None:
+            timeout = (self._opts.default_reply_timeout if wait_for_reply
+                       else self._opts.default_send_timeout)
+        msg = codec.encode_request(ctxt, message,
+                                   call_monitor_timeout=call_monitor_timeout,
+                                   timeout=timeout)
+        kind = 'call' if wait_for_reply else 'cast'
+        if wait_for_reply:
+            msg.id = codec.new_message_id()
+        task = controller.SendTask(
+            lambda a: a.rpc_send(target), msg, timeout, retry,
+            ('rpc-call' if wait_for_reply else 'rpc-cast') in
+            self._pre_settled, is_call=bool(wait_for_reply),
+            monitor=call_monitor_timeout if wait_for_reply else None,
+            label='%s %s to %s' % (kind, message.get('method'), target))
+        reply = self._run(task)
+        if not wait_for_reply:
+            return None
+        try:
+            result, failure = codec.decode_reply(
+                reply, self._allowed_remote_exmods)
+        except codec.DecodeError as exc:
+            raise om.MessageDeliveryFailure(
+                'malformed reply to %s: %s' % (task.label, exc))
+        if failure is not None:
+            raise failure
+        return result
+
+    def send_notification(self, target, ctxt, message, version, retry=None):
+        """Send a notification (durable) to target."""
+        msg = codec.encode_request(ctxt, message,
+                                   use_envelope=(version == 2.0))
+        msg.durable = True
+        task = controller.SendTask(
+            lambda a: a.notify_send(target), msg,
+            self._opts.default_notify_timeout, retry,
+            'notify' in self._pre_settled,
+            label='notification to %s' % target.topic)
+        self._run(task)
+
+    def listen(self, target, batch_size, batch_timeout):
+        """An RPC server's listener: topic, topic+server and fanout."""
+        ctl = self._controller()
+        listener = ProtonListener(
+            self, ctl, lambda a: a.rpc_listen(target),
+            self._opts.rpc_server_credit, 'RPC server %s' % target)
+        return base.PollStyleListenerAdapter(listener, batch_size,
+                                             batch_timeout)
+
+    def listen_for_notifications(self, targets_and_priorities, pool,
+                                 batch_size, batch_timeout):
+        """A notification listener; listeners of one pool share."""
+        ctl = self._controller()
+        targets = [om.Target(exchange=t.exchange,
+                             topic='%s.%s' % (t.topic, priority))
+                   for t, priority in targets_and_priorities]
+
+        def routes(addresser):
+            if pool and addresser.mode != addressing.RABBITMQ:
+                LOG.warning('Pool %s: %s addressing cannot give each pool '
+                            'its own copy; all listeners share the '
+                            'notifications', pool, addresser.mode)
+            return [addresser.notify_listen(t, pool) for t in targets]
+        listener = ProtonListener(
+            self, ctl, routes, self._opts.notify_server_credit,
+            'notification listener %s' % [t.topic for t in targets],
+            rpc=False)
+        return base.PollStyleListenerAdapter(listener, batch_size,
+                                             batch_timeout)
+
+    def cleanup(self) -> None:
+        """Close the connection and stop the I/O thread."""
+        with self._lock:
+            ctl, self._ctl = self._ctl, None
+        if ctl is not None and self._pid == os.getpid():
+            ctl.shutdown()
+
+
+def _check_url(url) -> None:
+    """Fail fast on a transport URL that cannot work."""
+    for host in url.hosts:
+        if host.port is not None and not 0 < int(host.port) < 65536:
+            raise om.InvalidTransportURL(
+                str(url), 'port %s of host %s is out of range' %
+                (host.port, host.hostname))
+        if host.password and not host.username:
+            raise om.InvalidTransportURL(
+                str(url), 'a password without a user name: use '
+                'amqp://USER:PASSWORD@HOST:PORT/')
+
+
+def _check_pre_settled(values) -> set:
+    """Validate [oslo_messaging_amqp] pre_settled."""
+    chosen = set()
+    for value in values or []:
+        if value not in opts.PRE_SETTLED_TYPES:
+            raise ValueError(
+                '[oslo_messaging_amqp] pre_settled: unknown message type '
+                '%r; use one of %s' %
+                (value, ', '.join(opts.PRE_SETTLED_TYPES)))
+        chosen.add(value)
+    return chosen

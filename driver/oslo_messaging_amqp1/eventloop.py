@@ -1,0 +1,345 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""The native I/O thread: sockets, timers and hand-off between threads.
+
+Everything proton/pyngus touches runs on the one thread started here. Other
+threads (native or green) talk to it only through :meth:`IOLoop.call_soon`,
+and wait for its answers through :class:`Waiter` and :class:`Inbox`.
+
+When eventlet has monkey-patched the process, the I/O thread is still a real
+OS thread: the original ``threading``, ``select``, ``socket`` and ``time``
+modules are used for it, and callers on green threads wait by polling with
+the patched ``time.sleep`` so the eventlet hub keeps running.
+"""
+
+import collections
+import errno
+import heapq
+import itertools
+import logging
+import sys
+
+LOG = logging.getLogger(__name__)
+
+
+def _original(name: str):
+    """Return module ``name`` as it was before eventlet patched it."""
+    if 'eventlet' in sys.modules:
+        try:
+            from eventlet import patcher
+            return patcher.original(name)
+        except ImportError:  # pragma: no cover - broken eventlet install
+            pass
+    return __import__(name)
+
+
+def green_patched() -> bool:
+    """True when eventlet has monkey-patched threads in this process."""
+    if 'eventlet' not in sys.modules:
+        return False
+    try:
+        from eventlet import patcher
+        return bool(patcher.is_monkey_patched('thread'))
+    except ImportError:  # pragma: no cover
+        return False
+
+
+_threading = _original('threading')
+_select = _original('select')
+_socket = _original('socket')
+_time = _original('time')
+
+now = _time.monotonic
+
+
+def _caller_sleep(seconds: float) -> None:
+    """Sleep the calling thread; yields to the hub when green."""
+    import time  # the patched module when eventlet is active
+    time.sleep(seconds)
+
+
+class Waiter:
+    """A one-shot result passed from the I/O thread to a waiting caller."""
+
+    __slots__ = ('_event', '_value', '_error', '_green')
+
+    def __init__(self) -> None:
+        self._event = _threading.Event()
+        self._value = None
+        self._error = None
+        self._green = green_patched()
+
+    def set(self, value=None) -> None:
+        """Complete with a value (I/O thread)."""
+        if not self._event.is_set():
+            self._value = value
+            self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Complete with an exception to raise in the caller (I/O thread)."""
+        if not self._event.is_set():
+            self._error = error
+            self._event.set()
+
+    def done(self) -> bool:
+        """True once set or failed."""
+        return self._event.is_set()
+
+    def wait(self, timeout: float = None):
+        """Block until done; return the value or raise the error.
+
+        Returns ``None`` with ``done()`` false on timeout.
+        """
+        if self._green:
+            deadline = None if timeout is None else now() + timeout
+            pause = 0.0005
+            while not self._event.is_set():
+                if deadline is not None and now() >= deadline:
+                    return None
+                _caller_sleep(pause)
+                pause = min(pause * 2, 0.02)
+        elif not self._event.wait(timeout):
+            return None
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class Inbox:
+    """A thread-safe FIFO filled by the I/O thread, drained by callers."""
+
+    def __init__(self) -> None:
+        self._items = collections.deque()
+        self._cond = _threading.Condition(_threading.Lock())
+        self._green = green_patched()
+        self._closed = False
+
+    def put(self, item) -> None:
+        """Append an item and wake one reader."""
+        with self._cond:
+            self._items.append(item)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Wake every reader; get() returns None once drained."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def reopen(self) -> None:
+        """Allow waiting again after close()."""
+        with self._cond:
+            self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, timeout: float = None):
+        """Return the oldest item, or None on timeout or when closed."""
+        deadline = None if timeout is None else now() + timeout
+        if self._green:
+            pause = 0.0005
+            while True:
+                with self._cond:
+                    if self._items:
+                        return self._items.popleft()
+                    if self._closed:
+                        return None
+                if deadline is not None and now() >= deadline:
+                    return None
+                _caller_sleep(pause)
+                pause = min(pause * 2, 0.02)
+        with self._cond:
+            while not self._items:
+                if self._closed:
+                    return None
+                left = None if deadline is None else deadline - now()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self._items.popleft()
+
+
+class Timer:
+    """A cancellable callback scheduled on the I/O thread."""
+
+    __slots__ = ('deadline', 'callback', 'cancelled')
+
+    def __init__(self, deadline: float, callback) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Do not run the callback."""
+        self.cancelled = True
+
+
+class Socket:
+    """A non-blocking TCP socket to one host (the I/O thread's only kind)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.sock = None
+
+    def connect(self) -> None:
+        """Start connecting; raises OSError when it cannot even begin."""
+        infos = _socket.getaddrinfo(self.host, self.port, 0,
+                                    _socket.SOCK_STREAM)
+        error = None
+        for family, stype, proto, _name, addr in infos:
+            sock = _socket.socket(family, stype, proto)
+            sock.setblocking(False)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            rc = sock.connect_ex(addr)
+            if rc in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+                self.sock = sock
+                return
+            sock.close()
+            error = OSError(rc, 'connect to %s:%s failed: %s' %
+                            (self.host, self.port, errno.errorcode.get(rc)))
+        raise error or OSError('no address for %s' % self.host)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            finally:
+                self.sock = None
+
+
+class IOLoop:
+    """The single native thread that runs every AMQP connection's I/O."""
+
+    def __init__(self, name: str) -> None:
+        self._calls = collections.deque()
+        self._timers = []
+        self._seq = itertools.count()
+        self._conns = set()  # objects with .pyngus_conn and .socket
+        self._wake_r, self._wake_w = _socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stopping = False
+        self._thread = _threading.Thread(target=self._run, name=name,
+                                         daemon=True)
+        self._thread.start()
+
+    # -- API for other threads -------------------------------------------
+
+    def call_soon(self, fn, *args) -> None:
+        """Run fn(*args) on the I/O thread (thread-safe)."""
+        self._calls.append((fn, args))
+        try:
+            self._wake_w.send(b'x')
+        except (BlockingIOError, InterruptedError):
+            pass  # a wake-up byte is already pending
+        except OSError:
+            LOG.debug('I/O loop already closed')
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread once pending calls ran; wait for it to end."""
+        self.call_soon(self._set_stopping)
+        if _threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def in_loop(self) -> bool:
+        """True on the I/O thread itself."""
+        return _threading.current_thread() is self._thread
+
+    # -- API for the I/O thread ------------------------------------------
+
+    def call_later(self, delay: float, fn) -> Timer:
+        """Schedule fn() after delay seconds; returns a Timer."""
+        timer = Timer(now() + max(0.0, delay), fn)
+        heapq.heappush(self._timers, (timer.deadline, next(self._seq), timer))
+        return timer
+
+    def add_connection(self, conn) -> None:
+        """Poll conn's socket from now on."""
+        self._conns.add(conn)
+
+    def remove_connection(self, conn) -> None:
+        """Stop polling conn's socket."""
+        self._conns.discard(conn)
+
+    def _set_stopping(self) -> None:
+        self._stopping = True
+
+    # -- the loop ---------------------------------------------------------
+
+    def _run_calls(self) -> None:
+        calls = self._calls
+        while calls:
+            fn, args = calls.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                LOG.exception('Unexpected error in I/O thread call %s', fn)
+
+    def _run_timers(self) -> float:
+        timers = self._timers
+        t = now()
+        while timers and timers[0][0] <= t:
+            timer = heapq.heappop(timers)[2]
+            if not timer.cancelled:
+                try:
+                    timer.callback()
+                except Exception:
+                    LOG.exception('Unexpected error in timer %s',
+                                  timer.callback)
+        return timers[0][0] if timers else None
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._once()
+        except Exception:
+            LOG.exception('AMQP 1.0 I/O thread died')
+        finally:
+            for conn in list(self._conns):
+                conn.io_closed()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _once(self) -> None:
+        self._run_calls()
+        deadline = self._run_timers()
+        readers, writers = [self._wake_r], []
+        for conn in list(self._conns):
+            d = conn.io_process(now())
+            if d and (deadline is None or d < deadline):
+                deadline = d
+            want_r, want_w = conn.io_wants()
+            if want_r:
+                readers.append(conn)
+            if want_w:
+                writers.append(conn)
+        if self._calls:
+            timeout = 0
+        elif deadline is None:
+            timeout = 5.0
+        else:
+            timeout = max(0.0, deadline - now())
+        try:
+            r, w, _x = _select.select(readers, writers, [], timeout)
+        except (OSError, ValueError):
+            # a socket went bad between io_wants and select: find it
+            for conn in list(self._conns):
+                conn.io_check()
+            return
+        for conn in w:
+            conn.io_write()
+        for item in r:
+            if item is self._wake_r:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except (BlockingIOError, InterruptedError):
+                    pass
+            else:
+                item.io_read()

@@ -1,0 +1,262 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Declaring RabbitMQ queues and bindings before links attach to them.
+
+RabbitMQ 4.x: HTTP-over-AMQP requests on the ``/management`` node, sent on
+the driver's own AMQP 1.0 connection (a paired sender/receiver).
+
+RabbitMQ 3.x: its AMQP 1.0 plugin cannot bind a named queue to an exchange,
+so the declarations go over AMQP 0-9-1 on the same listener (port 5672
+serves both protocols there), with py-amqp, from a helper thread.
+
+Both run their callbacks on the I/O thread: ``declare(ops, done)`` calls
+``done(None)`` on success or ``done(error_text)``.
+"""
+
+import logging
+import ssl as ssl_module
+import urllib.parse
+import uuid
+
+import proton
+
+from oslo_messaging_amqp1 import addressing
+from oslo_messaging_amqp1 import eventloop
+
+LOG = logging.getLogger(__name__)
+MANAGEMENT_NODE = '/management'
+_PAIRED = proton.symbol('paired')
+
+
+class _Batch:
+    """One declare() request: ops still to go and the callback."""
+
+    def __init__(self, ops, done) -> None:
+        self.ops = list(ops)
+        self.done = done
+
+
+class ManagementDeclarer:
+    """RabbitMQ 4.x topology over the ``/management`` link pair."""
+
+    def __init__(self, connection, timeout: float = 30.0) -> None:
+        self._conn = connection
+        self._timeout = timeout
+        self._declared = set()
+        self._pending = {}  # message id -> (op, batch)
+        self._waiting = []  # batches queued before the pair came up
+        self._active = 0
+        self._failed = None
+        name = 'management-link-pair-' + uuid.uuid4().hex[:8]
+        self._sender = connection.create_sender(
+            MANAGEMENT_NODE, MANAGEMENT_NODE, event_handler=self, name=name,
+            properties={'snd-settle-mode': 'settled'})
+        self._receiver = connection.create_receiver(
+            '$me', MANAGEMENT_NODE, event_handler=self, name=name,
+            properties={'snd-settle-mode': 'settled'})
+        for link in (self._sender, self._receiver):
+            link._pn_link.properties = {_PAIRED: True}
+            link.open()
+        self._receiver.add_capacity(100)
+
+    # pyngus link callbacks
+    def sender_active(self, link) -> None:
+        self._link_up()
+
+    def receiver_active(self, link) -> None:
+        self._link_up()
+
+    def _link_up(self) -> None:
+        self._active += 1
+        if self._active == 2:
+            waiting, self._waiting = self._waiting, []
+            for batch in waiting:
+                self._next(batch)
+
+    def credit_granted(self, link) -> None:
+        pass
+
+    def _lost(self, why) -> None:
+        self._failed = why or 'management link closed'
+        pending, self._pending = self._pending, {}
+        waiting, self._waiting = self._waiting, []
+        batches = {id(b): b for _op, b in pending.values()}
+        for batch in list(batches.values()) + waiting:
+            batch.done('RabbitMQ management node: %s' % self._failed)
+
+    def sender_remote_closed(self, link, condition) -> None:
+        self._lost(condition and condition.description)
+
+    def receiver_remote_closed(self, link, condition) -> None:
+        self._lost(condition and condition.description)
+
+    def sender_failed(self, link, error) -> None:
+        self._lost(error)
+
+    def receiver_failed(self, link, error) -> None:
+        self._lost(error)
+
+    def sender_closed(self, link) -> None:
+        pass
+
+    def receiver_closed(self, link) -> None:
+        pass
+
+    def message_received(self, link, message, handle) -> None:
+        link.add_capacity(1)
+        try:
+            link.message_accepted(handle)
+        except Exception:  # pre-settled replies have nothing to settle
+            pass
+        entry = self._pending.pop(message.correlation_id, None)
+        if entry is None:
+            LOG.debug('management reply for unknown request %s',
+                      message.correlation_id)
+            return
+        op, batch = entry
+        status = str(message.subject or '')
+        if status in ('200', '201', '204'):
+            self._declared.add(op)
+            self._next(batch)
+        else:
+            batch.done('RabbitMQ refused %s: %s %s' %
+                       (_describe(op), status, message.body))
+
+    # declaring
+    def declare(self, ops, done) -> None:
+        """Declare ops (Queue/Bind tuples) not declared before."""
+        batch = _Batch([op for op in ops if op not in self._declared], done)
+        if self._failed:
+            done('RabbitMQ management node: %s' % self._failed)
+        elif self._active < 2 and batch.ops:
+            self._waiting.append(batch)
+        else:
+            self._next(batch)
+
+    def _next(self, batch) -> None:
+        while batch.ops and batch.ops[0] in self._declared:
+            batch.ops.pop(0)
+        if not batch.ops:
+            batch.done(None)
+            return
+        op = batch.ops.pop(0)
+        message = _request(op)
+        self._pending[message.id] = (op, batch)
+        self._sender.send(message)
+
+    def forget(self) -> None:
+        """Forget what was declared (the peer may have lost it)."""
+        self._declared.clear()
+
+    def close(self) -> None:
+        """Detach the link pair."""
+        for link in (self._sender, self._receiver):
+            try:
+                link.close()
+            except Exception:
+                pass
+
+
+def _describe(op) -> str:
+    if isinstance(op, addressing.Queue):
+        return 'queue %s' % op.name
+    return 'binding %s -> %s (%s)' % (op.exchange, op.queue, op.key)
+
+
+def _request(op) -> proton.Message:
+    """The HTTP-over-AMQP request that declares op."""
+    if isinstance(op, addressing.Queue):
+        path = '/queues/' + urllib.parse.quote(op.name, safe='')
+        body = {'durable': op.durable, 'auto_delete': op.auto_delete,
+                'exclusive': op.exclusive,
+                'arguments': dict(op.arguments or {})}
+        method = 'PUT'
+    else:
+        path = '/bindings'
+        body = {'source': op.exchange, 'binding_key': op.key,
+                'destination_queue': op.queue, 'arguments': {}}
+        method = 'POST'
+    return proton.Message(id=uuid.uuid4().hex, address=path, subject=method,
+                          reply_to='$me', body=body)
+
+
+class AmqpDeclarer:
+    """RabbitMQ 3.x topology over AMQP 0-9-1 (py-amqp) on a helper thread.
+
+    :param params: dict of host, port, username, password, vhost, ssl (a
+        dict of ca_certs/certfile/keyfile/password or None)
+    """
+
+    def __init__(self, loop, params: dict) -> None:
+        self._loop = loop
+        self._params = params
+        self._declared = set()
+
+    def declare(self, ops, done) -> None:
+        """Declare ops on a helper thread; done() runs on the I/O thread."""
+        todo = [op for op in ops if op not in self._declared]
+        if not todo:
+            done(None)
+            return
+
+        def work():
+            error = self._run(todo)
+            self._loop.call_soon(finish, error)
+
+        def finish(error):
+            if error is None:
+                self._declared.update(todo)
+            done(error)
+
+        eventloop._threading.Thread(target=work, daemon=True,
+                                    name='amqp1-declare').start()
+
+    def forget(self) -> None:
+        """Forget what was declared (the broker may have lost it)."""
+        self._declared.clear()
+
+    def close(self) -> None:
+        """Nothing is kept open."""
+
+    def _run(self, ops):
+        import amqp  # py-amqp, a dependency of kombu/oslo.messaging
+        p = self._params
+        ssl_opts = None
+        if p.get('ssl') is not None:
+            s = p['ssl']
+            context = ssl_module.create_default_context(
+                cafile=s.get('ca_certs') or None)
+            if not s.get('ca_certs') and s.get('no_verify'):
+                context.check_hostname = False
+                context.verify_mode = ssl_module.CERT_NONE
+            if s.get('certfile'):
+                context.load_cert_chain(s['certfile'], s.get('keyfile'),
+                                        s.get('password'))
+            ssl_opts = context
+        conn = amqp.Connection(
+            host='%s:%s' % (p['host'], p['port']),
+            userid=p.get('username') or 'guest',
+            password=p.get('password') or 'guest',
+            virtual_host=p.get('vhost') or '/', ssl=ssl_opts,
+            connect_timeout=10)
+        try:
+            conn.connect()
+            channel = conn.channel()
+            for op in ops:
+                if isinstance(op, addressing.Queue):
+                    channel.queue_declare(
+                        op.name, durable=op.durable, exclusive=op.exclusive,
+                        auto_delete=op.auto_delete,
+                        arguments=dict(op.arguments or {}))
+                else:
+                    channel.queue_bind(op.queue, op.exchange, op.key)
+            return None
+        except Exception as exc:
+            return 'RabbitMQ refused a declaration over AMQP 0-9-1 at ' \
+                   '%s:%s: %s' % (p['host'], p['port'], exc)
+        finally:
+            try:
+                conn.close()
+            except Exception:
+                pass
