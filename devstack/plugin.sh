@@ -1,0 +1,65 @@
+#!/bin/bash
+# shellcheck shell=bash
+#
+# devstack/plugin.sh
+# Phase dispatcher of devstack-plugin-amqp1: the work lives in
+# devstack/lib/amqp1 (modes, URLs, overrides) and one file per daemon
+# (devstack/lib/qdrouterd, devstack/lib/qpidd, devstack/lib/rabbitmq-amqp1).
+
+# Dependencies:
+#
+# - DevStack's ``functions`` and this plugin's ``devstack/settings``
+#
+# DevStack sources this file with the phase as arguments, in this order:
+#
+# - stack pre-install   check the settings and that the daemons can be had
+# - stack install       install the driver and the daemons, configure and
+#                       start them (before any OpenStack service starts)
+# - stack post-config, stack extra, stack test-config
+# - unstack             stop the daemons
+# - clean               remove their state and what the plugin installed
+
+# Save trace setting
+_XTRACE_AMQP1_PLUGIN=$(set +o | grep xtrace)
+set +o xtrace
+
+# shellcheck source=devstack/lib/amqp1
+source "$AMQP1_DIR/devstack/lib/amqp1"
+# shellcheck source=devstack/lib/qdrouterd
+source "$AMQP1_DIR/devstack/lib/qdrouterd"
+# shellcheck source=devstack/lib/qpidd
+source "$AMQP1_DIR/devstack/lib/qpidd"
+# shellcheck source=devstack/lib/rabbitmq-amqp1
+source "$AMQP1_DIR/devstack/lib/rabbitmq-amqp1"
+
+if is_service_enabled amqp1; then
+    case "$1/${2:-}" in
+        stack/pre-install)
+            amqp1_check_config
+            ;;
+        stack/install)
+            install_amqp1
+            configure_amqp1
+            start_amqp1
+            ;;
+        stack/post-config|stack/test-config)
+            ;;
+        stack/extra)
+            amqp1_summary
+            ;;
+        unstack/*)
+            stop_amqp1
+            ;;
+        clean/*)
+            cleanup_amqp1
+            ;;
+    esac
+fi
+
+# Restore xtrace
+$_XTRACE_AMQP1_PLUGIN
+
+# Tell emacs to use shell-script-mode
+## Local variables:
+## mode: shell-script
+## End:

@@ -1,0 +1,228 @@
+#!/bin/bash
+# shellcheck shell=bash
+# The stand-ins replace commands the plugin runs through sudo on purpose:
+# shellcheck disable=SC2032
+#
+# tests/devstack/stub-devstack.bash
+# Stand-ins for the DevStack functions and system commands the plugin calls,
+# for the bats tests in this directory. Each stand-in appends one line,
+# "name args...", to $STUB_LOG instead of changing the machine; sudo runs
+# its command (so file writes land in the test's temporary directory).
+#
+# Set before sourcing: BATS_TEST_TMPDIR (bats does).
+#
+# Knobs the tests set before stub_load_plugin:
+#
+# - STUB_APT_PACKAGES   packages apt-cache "offers"
+# - STUB_INSTALLED      packages dpkg "has"
+# - STUB_RABBIT_VERSION what rabbitmqctl version prints (3.10.8)
+# - STUB_RABBIT_USERS   users rabbitmqctl list_users prints
+# - STUB_RABBIT_PLUGINS plugins rabbitmq-plugins list -e -m prints
+#
+# Entry points: stub_setup (from setup), stub_load_plugin MODE,
+# stub_fake_binary NAME, stub_calls PATTERN, stub_phase ARGS...
+
+PLUGIN_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+# Prepare a fresh DevStack-like environment in the test's directory
+function stub_setup {
+    STUB_DIR=$BATS_TEST_TMPDIR
+    STUB_LOG=$STUB_DIR/calls.log
+    : > "$STUB_LOG"
+    mkdir -p "$STUB_DIR/bin"
+    PATH=$STUB_DIR/bin:/usr/bin:/bin
+    DEST=$STUB_DIR/opt/stack
+    DATA_DIR=$DEST/data
+    LOGDIR=$DEST/logs
+    AMQP1_CONF_DIR=$STUB_DIR/etc/amqp1
+    STACK_USER=$(whoami)
+    SERVICE_HOST=192.0.2.10
+    SERVICE_LISTEN_ADDRESS=0.0.0.0
+    RABBIT_USERID=stackrabbit
+    RABBIT_PASSWORD=rabbitpw
+    RABBIT_HOST=$SERVICE_HOST
+    ENABLED_SERVICES=rabbit,key,n-api,n-cond,n-cpu,g-api,c-api,s-proxy
+    DISABLED_SERVICES=""
+    os_VENDOR=Debian
+    os_RELEASE=12
+    os_PACKAGE=deb
+    STUB_APT_PACKAGES=""
+    STUB_INSTALLED=""
+    STUB_RABBIT_VERSION=3.10.8
+    STUB_RABBIT_USERS="guest"
+    STUB_RABBIT_PLUGINS=""
+    unset AMQP1_SERVICE AMQP1_HOST AMQP1_USERNAME AMQP1_PASSWORD \
+        AMQP1_DEFAULT_PORT AMQP1_NOTIFY_PORT AMQP1_RPC_TRANSPORT_URL \
+        AMQP1_NOTIFY_TRANSPORT_URL AMQP1_ROUTER AMQP1_QDROUTERD_BIN \
+        AMQP1_SKROUTERD_BIN AMQP1_QPIDD_BIN AMQP1_DRIVER_OPTS AMQP1_DIR
+}
+
+# Source the plugin's settings and libraries for mode $1 (empty: default)
+function stub_load_plugin {
+    if [[ -n ${1:-} ]]; then
+        AMQP1_SERVICE=$1
+    fi
+    # shellcheck source=devstack/settings
+    source "$PLUGIN_DIR/devstack/settings"
+    # shellcheck source=devstack/plugin.sh
+    source "$PLUGIN_DIR/devstack/plugin.sh"
+}
+
+# Run plugin.sh with phase arguments $@
+function stub_phase {
+    # shellcheck source=devstack/plugin.sh
+    source "$PLUGIN_DIR/devstack/plugin.sh" "$@"
+}
+
+# Create an executable named $1 in the test's PATH; print its path
+function stub_fake_binary {
+    local path=$STUB_DIR/bin/$1
+    printf '#!/bin/sh\nexit 0\n' > "$path"
+    chmod 0755 "$path"
+    echo "$path"
+}
+
+# Print the recorded calls matching extended regular expression $1
+function stub_calls {
+    grep -E -- "$1" "$STUB_LOG" || true
+}
+
+# Append "$*" to the call log
+function _stub_record {
+    echo "$*" >> "$STUB_LOG"
+}
+
+
+# DevStack functions
+# ------------------
+
+function define_plugin {
+    _stub_record define_plugin "$@"
+}
+function echo_summary {
+    :
+}
+function warn {
+    _stub_record warn "$@"
+}
+function die {
+    local line=$1
+    shift
+    echo "[ERROR] line $line: $*" >&2
+    exit 1
+}
+function is_ubuntu {
+    [[ $os_PACKAGE == deb ]]
+}
+function is_fedora {
+    [[ $os_PACKAGE == rpm ]]
+}
+function iniset {
+    _stub_record iniset "$@"
+}
+function install_package {
+    _stub_record install_package "$@"
+    STUB_INSTALLED+=" $*"
+}
+function uninstall_package {
+    _stub_record uninstall_package "$@"
+}
+function is_package_installed {
+    [[ " $STUB_INSTALLED " == *" $1 "* ]]
+}
+function pip_install {
+    _stub_record pip_install "$@"
+}
+function setup_develop {
+    _stub_record setup_develop "$@"
+}
+function run_process {
+    _stub_record run_process "$@"
+}
+function stop_process {
+    _stub_record stop_process "$@"
+}
+function start_service {
+    _stub_record start_service "$@"
+}
+function stop_service {
+    _stub_record stop_service "$@"
+}
+function restart_service {
+    _stub_record restart_service "$@"
+}
+function enable_service {
+    local service
+    for service in "$@"; do
+        is_service_enabled "$service" || ENABLED_SERVICES+=",$service"
+    done
+}
+function disable_service {
+    local service list
+    for service in "$@"; do
+        list=",$ENABLED_SERVICES,"
+        list=${list//,$service,/,}
+        list=${list#,}
+        ENABLED_SERVICES=${list%,}
+        DISABLED_SERVICES+=",$service"
+    done
+}
+function is_service_enabled {
+    local service
+    for service in "$@"; do
+        [[ ,$ENABLED_SERVICES, == *,$service,* ]] && return 0
+    done
+    return 1
+}
+
+
+# System commands
+# ---------------
+
+function sudo {
+    "$@"
+}
+function apt-cache {
+    _stub_record apt-cache "$@"
+    local package=${*: -1}
+    [[ " $STUB_APT_PACKAGES " == *" $package "* ]]
+}
+function dnf {
+    _stub_record dnf "$@"; return 1
+}
+function saslpasswd2 {
+    local db="" arg password
+    read -r password
+    _stub_record saslpasswd2 "$@" "(password: $password)"
+    while [[ $# -gt 0 ]]; do
+        arg=$1
+        shift
+        [[ $arg == -f ]] && db=$1
+    done
+    [[ -n $db ]] && echo "sasldb" > "$db"
+}
+function rabbitmqctl {
+    _stub_record rabbitmqctl "$@"
+    case "$*" in
+        "-q version") echo "$STUB_RABBIT_VERSION" ;;
+        "-q list_users")
+            printf 'user\ttags\n'
+            # shellcheck disable=SC2086
+            printf '%s\t[]\n' $STUB_RABBIT_USERS
+            ;;
+    esac
+}
+function rabbitmq-plugins {
+    _stub_record rabbitmq-plugins "$@"
+    if [[ $* == *list* ]]; then
+        # shellcheck disable=SC2086
+        printf '%s\n' $STUB_RABBIT_PLUGINS
+    fi
+}
+function hostname {
+    echo testhost
+}
+# The port probe of amqp1_wait_for_port: "timeout 2 bash -c ... HOST PORT"
+function timeout {
+    _stub_record port-probe "${*: -2}"
+}
