@@ -204,7 +204,7 @@ class RabbitAddresser(Addresser):
 
     def _durable_queue(self, name) -> Route:
         return Route(self.queue_address(name),
-                     [Queue(name, True, False, False, {})])
+                     [Queue(name, True, False, False, ())])
 
     def rpc_server(self, target, listen=False) -> Route:
         return self._durable_queue(
@@ -232,7 +232,7 @@ class RabbitAddresser(Addresser):
         # 4.x deprecates non-exclusive transient queues: keep them durable
         # and let auto-delete plus an expiry remove them.
         return Queue(name, True, True, False,
-                     {'x-expires': TRANSIENT_QUEUE_EXPIRY_MS})
+                     (('x-expires', TRANSIENT_QUEUE_EXPIRY_MS),))
 
     def _notify_key(self, target) -> str:
         return self._name('notify', self._notify_ex(target), target.topic)
@@ -240,20 +240,20 @@ class RabbitAddresser(Addresser):
     def notify_send(self, target) -> Route:
         key = self._notify_key(target)
         return Route(self.exchange_address(TOPIC_EXCHANGE, key),
-                     [Queue(key, True, False, False, {}),
+                     [Queue(key, True, False, False, ()),
                       Bind(key, TOPIC_EXCHANGE, key)])
 
     def notify_listen(self, target, pool=None) -> Route:
         key = self._notify_key(target)
         name = key if not pool else '%s.pool.%s' % (key, pool)
         return Route(self.queue_address(name),
-                     [Queue(name, True, False, False, {}),
+                     [Queue(name, True, False, False, ()),
                       Bind(name, TOPIC_EXCHANGE, key)])
 
     def reply_listen(self) -> Route:
         name = self._reply_queue
         if self.major >= 4:
-            queue = Queue(name, False, False, True, {})
+            queue = Queue(name, False, False, True, ())
         else:
             queue = self._transient(name)
         return Route(self.queue_address(name), [queue])

@@ -119,8 +119,15 @@ def encode_heartbeat(correlation_id) -> proton.Message:
 
 
 def is_heartbeat(message: proton.Message) -> bool:
-    """True for a call-monitor heartbeat."""
-    return message.body is None
+    """True for a call-monitor heartbeat.
+
+    RabbitMQ turns a message without a body into one with an empty data
+    section, so an empty binary body counts too.
+    """
+    body = message.body
+    if body is None:
+        return True
+    return isinstance(body, (bytes, memoryview)) and len(body) == 0
 
 
 def decode_reply(message: proton.Message, allowed_remote_exmods=None):

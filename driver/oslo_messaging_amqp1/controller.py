@@ -35,6 +35,7 @@ import proton
 import pyngus
 
 from oslo_messaging_amqp1 import addressing
+from oslo_messaging_amqp1 import codec
 from oslo_messaging_amqp1 import eventloop
 from oslo_messaging_amqp1 import topology
 
@@ -826,8 +827,7 @@ class Controller(pyngus.ConnectionEventHandler):
             LOG.warning('Dropped a reply for an unknown or expired call '
                         '(correlation id %r)', message.correlation_id)
             return
-        if message.body is None:
-            # call-monitor heartbeat
+        if codec.is_heartbeat(message):
             if task.monitor:
                 if task.monitor_timer is not None:
                     task.monitor_timer.cancel()

@@ -53,22 +53,40 @@ _time = _original('time')
 now = _time.monotonic
 
 
-def _caller_sleep(seconds: float) -> None:
-    """Sleep the calling thread; yields to the hub when green."""
-    import time  # the patched module when eventlet is active
-    time.sleep(seconds)
+def green_caller() -> bool:
+    """Must the calling thread keep its eventlet hub running while it waits?
+
+    True when eventlet monkey-patched threads, and also for a native thread
+    that runs green threads of its own (oslo.messaging's eventlet executor
+    spawns them in the thread that polls the listener).
+    """
+    if 'eventlet' not in sys.modules:
+        return False
+    try:
+        from eventlet import hubs
+        from eventlet import patcher
+        if patcher.is_monkey_patched('thread'):
+            return True
+        return getattr(hubs._threadlocal, 'hub', None) is not None
+    except (ImportError, AttributeError):  # pragma: no cover
+        return False
+
+
+def _green_sleep(seconds: float) -> None:
+    """Sleep while letting this thread's eventlet hub run."""
+    import eventlet
+    eventlet.sleep(seconds)
 
 
 class Waiter:
     """A one-shot result passed from the I/O thread to a waiting caller."""
 
-    __slots__ = ('_event', '_value', '_error', '_green')
+    __slots__ = ('_event', '_value', '_error')
 
     def __init__(self) -> None:
         self._event = _threading.Event()
         self._value = None
         self._error = None
-        self._green = green_patched()
 
     def set(self, value=None) -> None:
         """Complete with a value (I/O thread)."""
@@ -91,13 +109,13 @@ class Waiter:
 
         Returns ``None`` with ``done()`` false on timeout.
         """
-        if self._green:
+        if green_caller():
             deadline = None if timeout is None else now() + timeout
             pause = 0.0005
             while not self._event.is_set():
                 if deadline is not None and now() >= deadline:
                     return None
-                _caller_sleep(pause)
+                _green_sleep(pause)
                 pause = min(pause * 2, 0.02)
         elif not self._event.wait(timeout):
             return None
@@ -112,7 +130,6 @@ class Inbox:
     def __init__(self) -> None:
         self._items = collections.deque()
         self._cond = _threading.Condition(_threading.Lock())
-        self._green = green_patched()
         self._closed = False
 
     def put(self, item) -> None:
@@ -138,7 +155,7 @@ class Inbox:
     def get(self, timeout: float = None):
         """Return the oldest item, or None on timeout or when closed."""
         deadline = None if timeout is None else now() + timeout
-        if self._green:
+        if green_caller():
             pause = 0.0005
             while True:
                 with self._cond:
@@ -148,7 +165,7 @@ class Inbox:
                         return None
                 if deadline is not None and now() >= deadline:
                     return None
-                _caller_sleep(pause)
+                _green_sleep(pause)
                 pause = min(pause * 2, 0.02)
         with self._cond:
             while not self._items:

@@ -50,11 +50,10 @@ class ManagementDeclarer:
         self._failed = None
         name = 'management-link-pair-' + uuid.uuid4().hex[:8]
         self._sender = connection.create_sender(
-            MANAGEMENT_NODE, MANAGEMENT_NODE, event_handler=self, name=name,
+            '', MANAGEMENT_NODE, event_handler=self, name=name,
             properties={'snd-settle-mode': 'settled'})
-        self._receiver = connection.create_receiver(
-            '$me', MANAGEMENT_NODE, event_handler=self, name=name,
-            properties={'snd-settle-mode': 'settled'})
+        self._receiver = _paired_receiver(connection, self._sender, name,
+                                          self)
         for link in (self._sender, self._receiver):
             link._pn_link.properties = {_PAIRED: True}
             link.open()
@@ -156,6 +155,20 @@ class ManagementDeclarer:
                 link.close()
             except Exception:
                 pass
+
+
+def _paired_receiver(connection, sender, name, handler):
+    """A receiver on the sender's session: RabbitMQ wants the pair there.
+
+    pyngus gives every link its own session and has no public way to share
+    one, so this reaches into its session proxy.
+    """
+    session = sender._pn_link.session.context
+    receiver = session.new_receiver(name)
+    receiver.configure('', MANAGEMENT_NODE, handler,
+                       {'snd-settle-mode': 'settled'})
+    connection._receiver_links[name] = receiver
+    return receiver
 
 
 def _describe(op) -> str:
