@@ -66,6 +66,8 @@ class Addresser:
 
     mode = None
     dynamic_replies = True
+    # must every message carry a body section (heartbeats have none)?
+    needs_body = False
 
     def __init__(self, conf, default_exchange: str = None,
                  vhost: str = None) -> None:
@@ -179,6 +181,7 @@ class RabbitAddresser(Addresser):
 
     mode = RABBITMQ
     dynamic_replies = False
+    needs_body = True
 
     def __init__(self, conf, default_exchange=None, vhost=None,
                  major: int = 4) -> None:

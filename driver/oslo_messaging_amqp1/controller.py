@@ -663,6 +663,9 @@ class Controller(pyngus.ConnectionEventHandler):
     def transmit(self, sender: _Sender, task: SendTask) -> None:
         """Write task's message on sender's link (link has credit)."""
         task.attempts += 1
+        if task.message.body is None and self.addresser.needs_body:
+            # a heartbeat: RabbitMQ 4 drops messages without a body section
+            task.message.body = b''
         if task.is_call:
             task.message.reply_to = self.reply.address
             self.calls[task.message.id] = task

@@ -325,6 +325,8 @@ class IOLoop:
 
     def _once(self) -> None:
         self._run_calls()
+        if self._stopping:
+            return
         deadline = self._run_timers()
         readers, writers = [self._wake_r], []
         for conn in list(self._conns):
