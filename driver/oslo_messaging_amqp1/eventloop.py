@@ -338,6 +338,10 @@ class IOLoop:
                 readers.append(conn)
             if want_w:
                 writers.append(conn)
+        if self._timers and (deadline is None or
+                             self._timers[0][0] < deadline):
+            # a timer armed by a connection callback just now
+            deadline = self._timers[0][0]
         if self._calls:
             timeout = 0
         elif deadline is None:
