@@ -717,9 +717,11 @@ class Controller(pyngus.ConnectionEventHandler):
                     '%s: connection lost before delivery' % task.label))
             return
         detail = info.get('condition') if info else None
+        name = {S.REJECTED: 'rejected', S.MODIFIED: 'modified',
+                S.TIMED_OUT: 'timed out'}.get(state, 'unknown')
         self._fail(task, om.MessageDeliveryFailure(
             '%s was refused by the AMQP 1.0 peer (outcome %s%s)' %
-            (task.label, state, ': %s' % detail if detail else '')))
+            (task.label, name, ': %s' % detail if detail else '')))
 
     def _requeue_lost(self, task: SendTask) -> None:
         """A send whose outcome died with the connection."""
