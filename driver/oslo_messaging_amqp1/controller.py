@@ -44,6 +44,10 @@ LOG = logging.getLogger(__name__)
 IDLE, CONNECTING, ACTIVE, WAITING, CLOSED = (
     'idle', 'connecting', 'active', 'waiting', 'closed')
 
+# mechanisms that authenticate a named user (the proton wheels only
+# implement PLAIN; the others need a Cyrus SASL build)
+_USER_MECHANISMS = 'PLAIN SCRAM-SHA-256 SCRAM-SHA-1 DIGEST-MD5'
+
 _CONN_TABLE = {
     (IDLE, 'start'): (CONNECTING, '_open'),
     (CONNECTING, 'up'): (ACTIVE, '_on_up'),
@@ -89,6 +93,7 @@ class SendTask:
         self.timer = None
         self.monitor_timer = None
         self.sent = False
+        self.stage = 'queued'
 
     def can_retry(self) -> bool:
         """Is one more attempt allowed (deadline aside)?"""
@@ -334,6 +339,10 @@ class Controller(pyngus.ConnectionEventHandler):
             props['x-password'] = host.password or ''
         if o.sasl_mechanisms:
             props['x-sasl-mechs'] = o.sasl_mechanisms
+        elif host.username:
+            # a user was named: never fall back to ANONYMOUS (RabbitMQ
+            # offers it first and would log us in as its default user)
+            props['x-sasl-mechs'] = _USER_MECHANISMS
         if o.sasl_config_dir:
             props['x-sasl-config-dir'] = o.sasl_config_dir
         if o.sasl_config_name:
@@ -600,10 +609,12 @@ class Controller(pyngus.ConnectionEventHandler):
             if self.auth_error:
                 self._fail(task, om.MessageDeliveryFailure(self.auth_error))
                 return
+            task.stage = 'waiting for the connection'
             self.pending.append(task)
             return
         if task.is_call and (self.reply is None or
                              self.reply.address is None):
+            task.stage = 'waiting for the reply link'
             self.reply_waiting.append(task)
             self._attach_reply()
             return
@@ -616,6 +627,7 @@ class Controller(pyngus.ConnectionEventHandler):
         sender = self.senders.get(route.address)
         if sender is None:
             sender = self._new_sender(route)
+        task.stage = sender
         sender.queue.append(task)
         sender.flush()
 
@@ -750,8 +762,12 @@ class Controller(pyngus.ConnectionEventHandler):
                 'Timed out waiting for a reply to %s after %ss' %
                 (task.label, task.timeout))
         else:
-            why = self.last_error if self.state != ACTIVE else \
-                'no credit or outcome from the peer'
+            why = self.last_error if self.state != ACTIVE else task.stage
+            if isinstance(why, _Sender):
+                link = why.link
+                why = 'sender link to %s %s, credit %s, %s in flight' % (
+                    why.address, why.state, link.credit if link else '-',
+                    'one' if task.sent else 'none')
             err = om.MessagingTimeout(
                 'Timed out sending %s after %ss (%s)' %
                 (task.label, task.timeout, why))
