@@ -13,9 +13,9 @@ replies ``{"response": R}`` or ``{"failure": "<serialized exception>"}``.
 import time
 import uuid
 
-import proton
 from oslo_messaging._drivers import common as om_common
 from oslo_serialization import jsonutils
+import proton
 
 VERSION_KEY = 'oslo.version'
 MESSAGE_KEY = 'oslo.message'

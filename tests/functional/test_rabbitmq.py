@@ -139,8 +139,8 @@ def test_call_cast_fanout_and_server(bus):
     client = om.get_rpc_client(bus.transport(), om.Target(topic=topic),
                                timeout=20)
     for i in range(3):
-        client.prepare(server='s%d' % i, timeout=20).call({}, 'echo',
-                                                         value='warm')
+        warm = client.prepare(server='s%d' % i, timeout=20)
+        warm.call({}, 'echo', value='warm')
     reply = client.prepare(server='s1').call({}, 'echo', value=7)
     assert reply == {'server': 's1', 'value': 7}
     answered = collections.Counter(
