@@ -288,7 +288,8 @@ class Controller(pyngus.ConnectionEventHandler):
         """Detach sub's links (any thread)."""
         waiter = eventloop.Waiter()
         self.loop.call_soon(self._remove_sub, sub, waiter)
-        if wait:
+        if wait and self.state != CLOSED:
+            # after shutdown the I/O thread no longer runs calls
             waiter.wait(10)
 
     def settle(self, link, handle, outcome: str, credit: int = 1) -> None:
