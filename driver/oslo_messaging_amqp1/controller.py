@@ -327,7 +327,9 @@ class Controller(pyngus.ConnectionEventHandler):
             'x-force-sasl': True,
         }
         if self.vhost and not o.pseudo_vhost:
-            props['hostname'] = self.vhost
+            # RabbitMQ picks a virtual host by the 'vhost:' prefix only
+            props['hostname'] = ('vhost:' + self.vhost if self.rabbit_vhost
+                                 else self.vhost)
         if o.idle_timeout:
             props['idle-time-out'] = o.idle_timeout
         if o.trace:
@@ -402,6 +404,14 @@ class Controller(pyngus.ConnectionEventHandler):
         elif mode == addressing.RABBITMQ:
             self.reply_name = self.addresser._reply_queue
         self.declarer = None
+        if (mode == addressing.RABBITMQ and self.vhost and
+                not self.opts.pseudo_vhost and not self.rabbit_vhost):
+            LOG.info('RabbitMQ at %s: opening virtual host %s',
+                     self.current_host, self.vhost)
+            self.rabbit_vhost = True
+            self.reopen_now = True
+            self._event('lost')
+            return
         if mode == addressing.RABBITMQ:
             if self.addresser.major >= 4:
                 self.declarer = topology.ManagementDeclarer(self.conn)
@@ -422,6 +432,8 @@ class Controller(pyngus.ConnectionEventHandler):
             self._dispatch(task)
 
     reply_name = None
+    rabbit_vhost = False   # send 'vhost:NAME' as the Open hostname
+    reopen_now = False     # reconnect to the same host without delay
 
     def _amqp091_params(self) -> dict:
         host = self.current_host
@@ -457,6 +469,10 @@ class Controller(pyngus.ConnectionEventHandler):
             sub.links = []
         if self.reply is not None:
             self.reply = None
+        if self.reopen_now:
+            self.reopen_now = False
+            self.loop.call_soon(self._event, 'retry')
+            return
         self.host_index += 1
         if self.delay == 0:
             self.delay = self.opts.connection_retry_interval
