@@ -524,6 +524,12 @@ class Controller(pyngus.ConnectionEventHandler):
         if result != proton.SASL.OK:
             self.auth_error = self._auth_text('SASL outcome %s' % result)
             LOG.error('%s', self.auth_error)
+            # the peer may keep the socket open: fail the callers now
+            self.loop.call_soon(self._auth_failed, connection)
+
+    def _auth_failed(self, connection) -> None:
+        if connection is self.conn:
+            self._event('lost')
 
     def _auth_text(self, detail: str) -> str:
         host = self.current_host
