@@ -125,6 +125,10 @@ class ProtonDriver(base.BaseDriver):
         super().__init__(conf, url, default_exchange,
                          allowed_remote_exmods or [])
         self._opts = conf.oslo_messaging_amqp
+        # read every option now: a bad value in a config file fails here,
+        # not later on the I/O thread
+        for opt in opts.amqp1_opts:
+            getattr(self._opts, opt.dest)
         _check_url(url)
         self._pre_settled = _check_pre_settled(self._opts.pre_settled)
         self._ctl = None
