@@ -101,6 +101,7 @@ mode_of() {
     grep -qx "queue-patterns=unicast" "$conf"
     grep -qx "topic-patterns=broadcast" "$conf"
     grep -qx "port=5672" "$conf"
+    grep -qx "interface=$AMQP1_LISTEN_ADDRESS" "$conf"
     grep -qx "auth=no" "$conf"
     grep -qx "log-to-file=$LOGDIR/qpidd.log" "$conf"
     grep -qx "mech_list: ANONYMOUS" "$AMQP1_CONF_DIR/sasl2/qpidd.conf"
