@@ -1,0 +1,50 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The driver in a monkey-patched (eventlet) process.
+
+Monkey-patching cannot be undone, so eventlet_client.py runs in its own
+interpreter.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def test_monkey_patched_process():
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [ROOT] + [p for p in [env.get('PYTHONPATH')] if p])
+    env['PYTHONWARNINGS'] = 'ignore'
+    proc = subprocess.run(
+        [sys.executable, '-m', 'tests.unit.eventlet_client'],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result['threading_patched'] is True
+    assert result['call'] == 'green'
+    assert result['parallel'] == list(range(10))
+    assert result['casts'] == [0, 1, 2]
+    assert result['notifications'] == [{'x': 1}]
+    # one native I/O thread per transport (RPC and notifications)
+    assert result['io_threads'] == 2
+    assert result['io_native'] is True
+    assert result['ctl_thread_native'] is True
+    assert result['io_os_thread_is_not_main'] is True
+    assert result['ctl_thread_name'] == 'amqp1-io'
+    assert result['io_threads_after_cleanup'] == 0
+    assert result['elapsed'] < 5

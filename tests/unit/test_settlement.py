@@ -1,0 +1,274 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""Settlement, delivery outcomes, retries and credit."""
+
+import threading
+import time
+
+import oslo_messaging as om
+from oslo_messaging import server as om_server
+from oslo_messaging import target as om_target
+import pytest
+
+from tests.unit import helpers
+
+TOPIC = 'openstack.org/om/rpc/anycast/nova/compute'
+SERVER = 'openstack.org/om/rpc/unicast/nova/compute/host1'
+FANOUT = 'openstack.org/om/rpc/multicast/nova/compute'
+NOTIFY = 'openstack.org/om/notify/anycast/nova/notifications.info'
+
+
+def settled_flags(peer, address):
+    return [s for _m, s in helpers.received_on(peer, address)]
+
+
+def reply_flags(peer):
+    return [s for a, _m, s in peer.received if a.startswith('amqp:/_topo/')]
+
+
+def serve(messaging, peer, **overrides):
+    transport = messaging.transport(peer, **overrides)
+    _server, endpoint = messaging.server(transport)
+    helpers.wait_receivers(peer, TOPIC, SERVER, FANOUT)
+    return transport, messaging.client(transport), endpoint
+
+
+class FirstOutcomes(object):
+    """outcome_override: answer the first messages to address with outcomes.
+
+    Later messages go through.
+    """
+
+    def __init__(self, address, *outcomes):
+        self.address = address
+        self.outcomes = list(outcomes)
+        self.times = []
+
+    def __call__(self, address, message):
+        if address != self.address:
+            return None
+        self.times.append(time.monotonic())
+        if self.outcomes:
+            return self.outcomes.pop(0)
+        return None
+
+
+def notify_target():
+    return om_target.Target(topic='notifications.info')
+
+
+def notification(event_type='compute.start'):
+    """What a Notifier would send for an info notification."""
+    return {'message_id': 'm1', 'publisher_id': 'p', 'priority': 'INFO',
+            'event_type': event_type, 'payload': {}, 'timestamp': 'now'}
+
+
+# ---- pre-settlement --------------------------------------------------------
+
+def test_default_settlement(messaging, router):
+    _transport, client, endpoint = serve(messaging, router)
+    client.cast({}, 'echo', value='cast')
+    assert client.call({}, 'echo', value='call') == 'call'
+    assert endpoint.event.wait(5)
+    flags = settled_flags(router, TOPIC)
+    assert sorted(flags) == [False, True]   # call unsettled, cast settled
+    assert reply_flags(router) == [True]
+
+
+def test_default_notification_is_unsettled(messaging, broker):
+    transport = messaging.notification_transport(broker)
+    om.Notifier(transport, 'p', driver='messagingv2',
+                topics=['notifications']).info({}, 'e', {})
+    assert settled_flags(broker, 'unicast.nova.notifications.info') == [
+        False]
+    assert broker.queue_depth('unicast.nova.notifications.info') == 1
+
+
+def test_pre_settled_option(messaging, router):
+    transport = messaging.transport(router, pre_settled=['rpc-call',
+                                                         'notify'])
+    messaging.server(transport)
+    helpers.wait_receivers(router, TOPIC)
+    client = messaging.client(transport)
+    assert client.call({}, 'echo', value='call') == 'call'
+    client.cast({}, 'echo', value='cast')
+    ntransport = messaging.notification_transport(router)
+    messaging.listener(ntransport, helpers.NotifyEndpoint(), exchange='nova')
+    helpers.wait_receivers(router, NOTIFY)
+    om.Notifier(ntransport, 'p', driver='messagingv2',
+                topics=['notifications']).info({}, 'e', {})
+    assert router.wait_for(lambda: len(settled_flags(router, TOPIC)) == 2)
+    call_flag, cast_flag = settled_flags(router, TOPIC)
+    assert call_flag is True
+    assert cast_flag is False
+    assert reply_flags(router) == [False]
+    assert router.wait_for(lambda: settled_flags(router, NOTIFY) == [True])
+
+
+def test_empty_pre_settled_waits_for_every_outcome(messaging, router):
+    _transport, client, endpoint = serve(messaging, router, pre_settled=[])
+    client.cast({}, 'echo', value='cast')
+    assert client.call({}, 'echo', value='call') == 'call'
+    assert set(settled_flags(router, TOPIC)) == {False}
+    assert reply_flags(router) == [False]
+
+
+# ---- outcomes ---------------------------------------------------------------
+
+def test_released_call_is_resent_after_link_retry_delay(messaging, router):
+    _transport, client, _ep = serve(messaging, router)
+    override = FirstOutcomes(TOPIC, 'released')
+    router.outcome_override = override
+    started = time.monotonic()
+    assert client.call({}, 'echo', value=1) == 1
+    attempts = helpers.received_on(router, TOPIC)
+    assert len(attempts) == 2
+    assert attempts[0][0].id == attempts[1][0].id
+    gap = override.times[1] - override.times[0]
+    assert 0.9 <= gap < 2.0        # link_retry_delay is 1 s
+    assert time.monotonic() - started < 3
+
+
+def test_modified_without_delivery_failed_is_resent(messaging, router):
+    _transport, client, _ep = serve(messaging, router)
+    router.outcome_override = FirstOutcomes(TOPIC, 'modified', 'released')
+    assert client.call({}, 'echo', value=2) == 2
+    assert len(helpers.received_on(router, TOPIC)) == 3
+
+
+def test_released_notification_is_resent(messaging, router):
+    transport = messaging.notification_transport(router)
+    endpoint = helpers.NotifyEndpoint()
+    messaging.listener(transport, endpoint, exchange='nova')
+    helpers.wait_receivers(router, NOTIFY)
+    router.outcome_override = FirstOutcomes(NOTIFY, 'released', 'released')
+    transport._send_notification(notify_target(), {}, notification(),
+                                 2.0)
+    assert endpoint.event.wait(5)
+    assert len(helpers.received_on(router, NOTIFY)) == 3
+
+
+def test_released_notification_without_listener_retries_until_it_is(
+        messaging, router):
+    transport = messaging.notification_transport(router)
+    done = threading.Event()
+
+    def send():
+        transport._send_notification(notify_target(), {}, notification(), 2.0)
+        done.set()
+    threading.Thread(target=send, daemon=True).start()
+    # nobody listens: the router releases, the driver resends
+    assert router.wait_for(
+        lambda: len(helpers.received_on(router, NOTIFY)) >= 2, 3)
+    assert not done.is_set()
+    endpoint = helpers.NotifyEndpoint()
+    messaging.listener(transport, endpoint, exchange='nova')
+    assert done.wait(4)
+    assert endpoint.event.wait(2)
+
+
+def test_rejected_call_fails_fast(messaging, router):
+    _transport, client, _ep = serve(messaging, router)
+    router.outcome_override = FirstOutcomes(TOPIC, 'rejected')
+    started = time.monotonic()
+    with pytest.raises(om.MessageDeliveryFailure) as info:
+        client.call({}, 'echo', value=1)
+    assert time.monotonic() - started < 1
+    assert 'rejected' in str(info.value)
+    assert len(helpers.received_on(router, TOPIC)) == 1
+
+
+def test_rejected_notification_fails_fast(messaging, broker):
+    transport = messaging.notification_transport(broker)
+    broker.outcome_override = FirstOutcomes(
+        'unicast.nova.notifications.info', 'rejected')
+    started = time.monotonic()
+    with pytest.raises(om.MessageDeliveryFailure) as info:
+        transport._send_notification(notify_target(), {}, notification(), 2.0)
+    assert time.monotonic() - started < 1
+    assert 'rejected' in str(info.value)
+
+
+def test_rejected_notification_through_notifier_is_logged(messaging, broker,
+                                                          caplog):
+    transport = messaging.notification_transport(broker)
+    broker.outcome_override = FirstOutcomes(
+        'unicast.nova.notifications.info', 'rejected')
+    notifier = om.Notifier(transport, 'p', driver='messagingv2',
+                           topics=['notifications'])
+    notifier.info({}, 'compute.start', {})     # the Notifier never raises
+    assert [r for r in caplog.records
+            if r.levelname == 'ERROR' and r.exc_info and
+            isinstance(r.exc_info[1], om.MessageDeliveryFailure)]
+
+
+@pytest.mark.parametrize('retry,attempts', [(0, 1), (1, 2)])
+def test_retry_limits_released_call(messaging, router, retry, attempts):
+    _transport, client, _ep = serve(messaging, router)
+    router.outcome_override = lambda address, message: (
+        'released' if address == TOPIC else None)
+    started = time.monotonic()
+    with pytest.raises(om.MessageDeliveryFailure) as info:
+        client.prepare(retry=retry).call({}, 'echo', value=1)
+    assert 'released' in str(info.value)
+    assert len(helpers.received_on(router, TOPIC)) == attempts
+    assert time.monotonic() - started < attempts + 0.5
+
+
+def test_retry_zero_on_released_notification(messaging, router):
+    transport = messaging.notification_transport(router)
+    started = time.monotonic()
+    with pytest.raises(om.MessageDeliveryFailure):
+        transport._send_notification(notify_target(), {}, notification(), 2.0,
+                                     retry=0)
+    assert time.monotonic() - started < 1
+    assert len(helpers.received_on(router, NOTIFY)) == 1
+
+
+def test_released_cast_with_retry_zero_fails(messaging, router):
+    transport = messaging.transport(router, pre_settled=[])
+    client = messaging.client(transport)
+    with pytest.raises(om.MessageDeliveryFailure):
+        client.prepare(retry=0).cast({}, 'echo', value=1)
+
+
+# ---- credit -----------------------------------------------------------------
+
+def _consumer_unsettled(peer, address):
+    """Deliveries the peer sent on address's receiver links, unsettled."""
+    def count():
+        return sum(len(li.unsettled) for li in peer._engine.links.values()
+                   if li.role == 'receiver' and li.address == address)
+    return peer._call(count)
+
+
+@pytest.mark.parametrize('credit', [1, 3])
+def test_rpc_server_credit_bounds_unsettled_deliveries(messaging, broker,
+                                                       conf, credit):
+    conf.register_opts(om_server._pool_opts)
+    conf.set_override('executor_thread_pool_size', 1)
+    address = 'exclusive.nova.compute.host1'
+    transport = messaging.transport(broker, rpc_server_credit=credit)
+    client = messaging.client(transport, server='host1')
+    for i in range(8):
+        client.cast({}, 'echo', value=i)
+    assert broker.wait_for(lambda: broker.queue_depth(address) == 8)
+    endpoint = helpers.Echo(delay=0.1)
+    messaging.server(transport, endpoints=[endpoint])
+    peak = 0
+    deadline = time.monotonic() + 4
+    while len(endpoint.calls) < 8 and time.monotonic() < deadline:
+        peak = max(peak, _consumer_unsettled(broker, address))
+        time.sleep(0.01)
+    assert endpoint.calls == list(range(8))
+    assert peak == credit
