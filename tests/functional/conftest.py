@@ -223,7 +223,8 @@ class Qpidd(Daemon):
                            MECHS='PLAIN' if self.users else 'ANONYMOUS'))
         self.conf = self._write(
             os.path.join(self.workdir, 'qpidd.conf'),
-            render('qpidd.conf.in', PORT=self.port, DATA_DIR=data_dir,
+            render('qpidd.conf.in', PORT=self.port, LISTEN_HOST='127.0.0.1',
+                   DATA_DIR=data_dir,
                    AUTH='yes' if self.users else 'no', REALM=self.realm,
                    SASL_DIR=self.sasl_dir, LOG_FILE=self.log_file))
 

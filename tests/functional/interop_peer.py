@@ -31,92 +31,15 @@ import argparse
 import json
 import logging
 import sys
-import threading
-import time
 
 from oslo_config import cfg
 import oslo_messaging as om
 
-
-class Recorder(object):
-    """What the endpoints received, by kind, for the test to fetch."""
-
-    def __init__(self):
-        self.cond = threading.Condition()
-        self.events = {}
-
-    def add(self, kind, item):
-        with self.cond:
-            self.events.setdefault(kind, []).append(item)
-            self.cond.notify_all()
-
-    def wait(self, kind, count, timeout):
-        """Up to timeout seconds for count events; take and return them."""
-        deadline = time.time() + timeout
-        with self.cond:
-            while len(self.events.get(kind, [])) < count:
-                left = deadline - time.time()
-                if left <= 0:
-                    break
-                self.cond.wait(left)
-            return self.events.pop(kind, [])
-
-
-class Endpoint(object):
-    """Methods the test calls on the old driver's RPC server."""
-
-    def __init__(self, recorder, name):
-        self.recorder = recorder
-        self.name = name
-
-    def echo(self, ctxt, value):
-        return {'echo': value, 'server': self.name,
-                'user': ctxt.get('user')}
-
-    def fail(self, ctxt, reason):
-        raise ValueError(reason)
-
-    def record(self, ctxt, value):
-        self.recorder.add('cast', {'value': value, 'user': ctxt.get('user')})
-
-    def fanned(self, ctxt, value):
-        self.recorder.add('fanout', {'value': value})
-
-    def probe(self, ctxt, token):
-        self.recorder.add('probe', token)
-
-    def slow(self, ctxt, seconds):
-        time.sleep(seconds)
-        return seconds
-
-
-class NotifyEndpoint(object):
-    """Records every notification it gets, any priority."""
-
-    def __init__(self, recorder):
-        self.recorder = recorder
-
-    def _record(self, priority, ctxt, publisher_id, event_type, payload):
-        self.recorder.add('notify', {
-            'priority': priority, 'publisher_id': publisher_id,
-            'event_type': event_type, 'payload': payload,
-            'user': ctxt.get('user')})
-
-    def info(self, ctxt, publisher_id, event_type, payload, metadata):
-        self._record('info', ctxt, publisher_id, event_type, payload)
-
-    def warn(self, ctxt, publisher_id, event_type, payload, metadata):
-        self._record('warn', ctxt, publisher_id, event_type, payload)
-
-    def error(self, ctxt, publisher_id, event_type, payload, metadata):
-        self._record('error', ctxt, publisher_id, event_type, payload)
-
-
-class NotifyContext(dict):
-    """A context a Notifier sends on (it drops plain dicts)."""
-
-    def redacted_copy(self):
-        return dict(self)
+# run as a script: its own folder is on sys.path, the tests package is not
+from endpoints import Endpoint
+from endpoints import NotifyContext
+from endpoints import NotifyEndpoint
+from endpoints import Recorder
 
 
 class Peer(object):

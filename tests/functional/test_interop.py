@@ -322,7 +322,8 @@ def test_cast_old_to_new(clean):
 def test_fanout_new_to_old(clean):
     clean.node.client(clean.old.server_topic, fanout=True).cast(
         CTXT, 'fanned', value='to all old')
-    assert clean.old.wait('fanout', 1) == [{'value': 'to all old'}]
+    assert clean.old.wait('fanout', 1) == [
+        {'value': 'to all old', 'server': OLD_SERVER}]
 
 
 def test_fanout_old_to_new(clean):

@@ -22,7 +22,6 @@ its options on any ConfigOpts. Timeouts are small enough for tests.
 servers, notification listeners and what their endpoints received.
 """
 
-import threading
 import time
 import uuid
 
@@ -31,6 +30,10 @@ import oslo_messaging as om
 from oslo_messaging import conffixture as om_conffixture
 
 from oslo_messaging_amqp1 import opts as amqp_opts
+from tests.functional.endpoints import Endpoint  # noqa: F401
+from tests.functional.endpoints import NotifyContext  # noqa: F401
+from tests.functional.endpoints import NotifyEndpoint  # noqa: F401
+from tests.functional.endpoints import Recorder  # noqa: F401
 
 # [oslo_messaging_amqp] values that keep every test within a few seconds
 FAST = {
@@ -61,94 +64,6 @@ def make_conf(**overrides) -> cfg.ConfigOpts:
 def unique(prefix: str) -> str:
     """A name no other test uses (topics, servers, event types)."""
     return '%s-%s' % (prefix, uuid.uuid4().hex[:8])
-
-
-class Recorder(object):
-    """Thread-safe lists of what endpoints received, by kind."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._events = {}
-
-    def add(self, kind, item):
-        with self._cond:
-            self._events.setdefault(kind, []).append(item)
-            self._cond.notify_all()
-
-    def wait(self, kind, count=1, timeout=5.0) -> list:
-        """Up to timeout for count items of kind; take and return them."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self._events.get(kind, [])) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            return self._events.pop(kind, [])
-
-    def peek(self, kind) -> list:
-        with self._cond:
-            return list(self._events.get(kind, []))
-
-
-class Endpoint(object):
-    """RPC methods; the same names and results as interop_peer.Endpoint."""
-
-    def __init__(self, recorder, name):
-        self.recorder = recorder
-        self.name = name
-
-    def echo(self, ctxt, value):
-        self.recorder.add('call', {'value': value, 'server': self.name})
-        return {'echo': value, 'server': self.name,
-                'user': ctxt.get('user')}
-
-    def fail(self, ctxt, reason):
-        raise ValueError(reason)
-
-    def record(self, ctxt, value):
-        self.recorder.add('cast', {'value': value, 'user': ctxt.get('user')})
-
-    def fanned(self, ctxt, value):
-        self.recorder.add('fanout', {'value': value, 'server': self.name})
-
-    def probe(self, ctxt, token):
-        self.recorder.add('probe', token)
-
-    def slow(self, ctxt, seconds):
-        time.sleep(seconds)
-        self.recorder.add('slow', self.name)
-        return seconds
-
-
-class NotifyEndpoint(object):
-    """Records every notification it gets."""
-
-    def __init__(self, recorder, kind='notify'):
-        self.recorder = recorder
-        self.kind = kind
-
-    def _record(self, priority, ctxt, publisher_id, event_type, payload):
-        self.recorder.add(self.kind, {
-            'priority': priority, 'publisher_id': publisher_id,
-            'event_type': event_type, 'payload': payload,
-            'user': ctxt.get('user')})
-
-    def info(self, ctxt, publisher_id, event_type, payload, metadata):
-        self._record('info', ctxt, publisher_id, event_type, payload)
-
-    def warn(self, ctxt, publisher_id, event_type, payload, metadata):
-        self._record('warn', ctxt, publisher_id, event_type, payload)
-
-    def error(self, ctxt, publisher_id, event_type, payload, metadata):
-        self._record('error', ctxt, publisher_id, event_type, payload)
-
-
-class NotifyContext(dict):
-    """A context a Notifier sends on (it drops plain dicts since 14.x)."""
-
-    def redacted_copy(self):
-        return dict(self)
 
 
 class Node(object):
