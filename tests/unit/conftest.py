@@ -109,10 +109,11 @@ def conf():
 
 
 @pytest.fixture
-def messaging(conf):
+def messaging(conf, make_peer):
     """Factory of transports, servers, clients and listeners.
 
-    Everything it makes is torn down at the end of the test, servers first.
+    Everything it makes is torn down at the end of the test, servers first,
+    and before the peers stop (hence the make_peer dependency).
     """
     kit = _Kit(conf)
     yield kit

@@ -249,7 +249,7 @@ def test_call_monitor_without_heartbeats_times_out(messaging, router):
     started = time.monotonic()
     with pytest.raises(om.MessagingTimeout) as info:
         client.call({}, 'echo', value='slow')
-    assert 1 <= time.monotonic() - started < 1.8
+    assert 1 <= time.monotonic() - started < 2.5
     assert 'heartbeat' in str(info.value)
 
 
