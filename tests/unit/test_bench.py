@@ -1,0 +1,60 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""tools/bench end to end, briefly, against the in-process router peer."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.unit import helpers
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'tools', 'bench')
+
+RESULT_KEYS = {
+    'scenario', 'payload', 'driver', 'url', 'throughput', 'latency_ms',
+    'latency_kind', 'client_cpu_per_1k', 'server_cpu_per_1k',
+    'client_rss_mb', 'server_rss_mb', 'sent', 'received', 'errors', 'lost',
+    'elapsed', 'error_samples', 'notes', 'driver_class', 'topic',
+}
+
+
+def test_bench_call_and_cast_on_router(router, tmp_path):
+    out = tmp_path / 'bench.json'
+    cmd = [sys.executable, BENCH, '--duration', '1',
+           '--scenarios', 'call1,cast', '--payloads', '100',
+           '--drivers', 'amqp', '--amqp-url', helpers.url_of(router),
+           '--json', str(out), '--no-png']
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert set(report['meta']) >= {'duration', 'drivers', 'definitions'}
+    results = report['results']
+    assert [(r['scenario'], r['driver']) for r in results] == [
+        ('call1', 'amqp'), ('cast', 'amqp')]
+    for r in results:
+        assert RESULT_KEYS <= set(r), RESULT_KEYS - set(r)
+        assert r['throughput'] > 0, r
+        assert r['errors'] == 0, r
+        assert r['lost'] == 0, r
+        assert r['payload'] == 100
+        assert r['received'] > 0
+        assert set(r['latency_ms']) == {'p50', 'p90', 'p99'}
+        assert r['latency_ms']['p99'] >= r['latency_ms']['p50'] > 0
+        assert r['client_cpu_per_1k'] > 0 and r['server_rss_mb'] > 0
+        assert 'oslo_messaging_amqp1' in r['driver_class']
+    # the table went to stdout
+    assert 'call1' in proc.stdout and 'msg/s' in proc.stdout
