@@ -34,7 +34,8 @@ def _json_body(message: proton.Message) -> dict:
                           type(body).__name__)
     try:
         data = jsonutils.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: nesting deeper than the interpreter's stack
         raise DecodeError('body is not JSON: %s' % exc)
     if not isinstance(data, dict):
         raise DecodeError('body is a JSON %s, expected an object' %
@@ -55,7 +56,7 @@ def unwrap(msg):
             raise DecodeError('envelope without a message string')
         try:
             return jsonutils.loads(inner)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise DecodeError('enveloped message is not JSON: %s' % exc)
     return msg
 
@@ -137,8 +138,13 @@ def decode_reply(message: proton.Message, allowed_remote_exmods=None):
         failure = data['failure']
         if not isinstance(failure, str):
             raise DecodeError('failure is not a string')
-        return None, om_common.deserialize_remote_exception(
-            failure, allowed_remote_exmods or [])
+        try:
+            # oslo.messaging trusts the string: garbage raises anything
+            return None, om_common.deserialize_remote_exception(
+                failure, allowed_remote_exmods or [])
+        except Exception as exc:
+            raise DecodeError('failure is not a serialized exception: '
+                              '%s: %s' % (type(exc).__name__, exc))
     if 'response' not in data:
         raise DecodeError('reply has neither "response" nor "failure"')
     return data['response'], None

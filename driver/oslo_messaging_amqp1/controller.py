@@ -866,7 +866,10 @@ class Controller(pyngus.ConnectionEventHandler):
 
     def reply_received(self, message) -> None:
         """Hand a reply or heartbeat to the call waiting for it."""
-        task = self.calls.get(message.correlation_id)
+        cid = message.correlation_id
+        # our ids are strings; a binary one arrives as an unhashable
+        # memoryview and must not break the reply link
+        task = self.calls.get(cid) if isinstance(cid, str) else None
         if task is None:
             LOG.warning('Dropped a reply for an unknown or expired call '
                         '(correlation id %r)', message.correlation_id)

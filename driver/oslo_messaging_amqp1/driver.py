@@ -54,6 +54,10 @@ class _Incoming(base.RpcIncomingMessage):
     def reply(self, reply=None, failure=None) -> None:
         """Send the result of a call back to the caller."""
         if not self._reply_to:
+            if self._request_id is not None:
+                # a call (it has an id) nobody can answer: it ran as a cast
+                LOG.warning('Dropped the reply to request %s: it has no '
+                            'reply_to address', self._request_id)
             return
         message = codec.encode_reply(self._request_id, reply, failure)
         self._listener.driver.send_raw(self._reply_to, message, 'rpc-reply')
@@ -205,6 +209,7 @@ class ProtonDriver(base.BaseDriver):
             result, failure = codec.decode_reply(
                 reply, self._allowed_remote_exmods)
         except codec.DecodeError as exc:
+            LOG.warning('Malformed reply to %s: %s', task.label, exc)
             raise om.MessageDeliveryFailure(
                 'malformed reply to %s: %s' % (task.label, exc))
         if failure is not None:
