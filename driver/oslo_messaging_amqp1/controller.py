@@ -48,6 +48,18 @@ IDLE, CONNECTING, ACTIVE, WAITING, CLOSED = (
 # implement PLAIN; the others need a Cyrus SASL build)
 _USER_MECHANISMS = 'PLAIN SCRAM-SHA-256 SCRAM-SHA-1 DIGEST-MD5'
 
+_SASL_OUTCOMES = {proton.SASL.AUTH: 'credentials refused',
+                  proton.SASL.SYS: 'SASL system error',
+                  proton.SASL.PERM: 'SASL permanent error, e.g. no common '
+                                    'mechanism',
+                  proton.SASL.TEMP: 'SASL temporary error'}
+
+# Pre-settled sends complete once their bytes left for the socket: past
+# HIGH bytes waiting in the transport, callers wait until it drains to LOW,
+# so a fast caster cannot fill memory faster than the network takes it.
+_OUTPUT_HIGH_WATER = 1024 * 1024
+_OUTPUT_LOW_WATER = 256 * 1024
+
 _CONN_TABLE = {
     (IDLE, 'start'): (CONNECTING, '_open'),
     (CONNECTING, 'up'): (ACTIVE, '_on_up'),
@@ -263,6 +275,7 @@ class Controller(pyngus.ConnectionEventHandler):
         self.auth_error = None
         self.last_error = None
         self.pending = []           # tasks waiting for the connection
+        self.drain_waiters = []     # pre-settled sends until output drains
         self.senders = {}           # address -> _Sender
         self.subs = []              # Subscriptions
         self.calls = {}             # message id -> SendTask
@@ -414,7 +427,8 @@ class Controller(pyngus.ConnectionEventHandler):
             return
         if mode == addressing.RABBITMQ:
             if self.addresser.major >= 4:
-                self.declarer = topology.ManagementDeclarer(self.conn)
+                self.declarer = topology.ManagementDeclarer(self.conn,
+                                                            self.loop)
             else:
                 self.declarer = topology.AmqpDeclarer(
                     self.loop, self._amqp091_params())
@@ -450,6 +464,8 @@ class Controller(pyngus.ConnectionEventHandler):
         return params
 
     def _on_lost(self) -> None:
+        # what was written is gone with the socket: at most once, as sent
+        self._release_drain_waiters()
         self._discard_connection()
         self.addresser = None
         if self.declarer is not None:
@@ -522,7 +538,8 @@ class Controller(pyngus.ConnectionEventHandler):
 
     def sasl_done(self, connection, pn_sasl, result) -> None:
         if result != proton.SASL.OK:
-            self.auth_error = self._auth_text('SASL outcome %s' % result)
+            self.auth_error = self._auth_text(_SASL_OUTCOMES.get(
+                result, 'SASL outcome %s' % result))
             LOG.error('%s', self.auth_error)
             # the peer may keep the socket open: fail the callers now
             self.loop.call_soon(self._auth_failed, connection)
@@ -586,6 +603,14 @@ class Controller(pyngus.ConnectionEventHandler):
             self._socket_error(exc)
             return
         conn.output_written(count)
+        if self.drain_waiters and conn.has_output < _OUTPUT_LOW_WATER:
+            self._release_drain_waiters()
+
+    def _release_drain_waiters(self) -> None:
+        """Complete the pre-settled sends held back by a full buffer."""
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for task in waiters:
+            task.finish()
 
     def io_check(self) -> None:
         if self.sock is not None and self.sock.sock is not None:
@@ -658,11 +683,18 @@ class Controller(pyngus.ConnectionEventHandler):
         sender = _Sender(self, route.address)
         self.senders[route.address] = sender
         if route.declare and self.declarer is not None:
-            self.declarer.declare(
-                route.declare, lambda err: self._sender_declared(sender, err))
+            self._declare(route.declare,
+                          lambda err: self._sender_declared(sender, err))
         else:
             self._sender_declared(sender, None)
         return sender
+
+    def _declare(self, ops, done) -> None:
+        """Declare RabbitMQ topology; a broken declarer is replaced."""
+        if self.declarer.failed:
+            self.declarer.close()
+            self.declarer = topology.ManagementDeclarer(self.conn, self.loop)
+        self.declarer.declare(ops, done)
 
     def _sender_declared(self, sender, error) -> None:
         if self.senders.get(sender.address) is not sender:
@@ -710,7 +742,10 @@ class Controller(pyngus.ConnectionEventHandler):
             sender.link.send(task.message)
             task.sent = True
             if not task.is_call:
-                task.finish()
+                if self.conn.has_output > _OUTPUT_HIGH_WATER:
+                    self.drain_waiters.append(task)
+                else:
+                    task.finish()
             return
 
         def outcome(link, handle, state, info):
@@ -843,7 +878,7 @@ class Controller(pyngus.ConnectionEventHandler):
             rx.link.add_capacity(self.opts.reply_link_credit)
             rx.link.open()
         if route and route.declare and self.declarer is not None:
-            self.declarer.declare(route.declare, attach)
+            self._declare(route.declare, attach)
         else:
             attach()
 
@@ -930,7 +965,7 @@ class Controller(pyngus.ConnectionEventHandler):
             rx.link.add_capacity(sub.credit)
             rx.link.open()
         if route.declare and self.declarer is not None:
-            self.declarer.declare(route.declare, attach)
+            self._declare(route.declare, attach)
         else:
             attach()
 

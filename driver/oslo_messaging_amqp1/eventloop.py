@@ -189,8 +189,9 @@ class Timer:
         self.cancelled = False
 
     def cancel(self) -> None:
-        """Do not run the callback."""
+        """Do not run the callback; let go of what it refers to at once."""
         self.cancelled = True
+        self.callback = None
 
 
 class Socket:

@@ -40,8 +40,9 @@ class _Batch:
 class ManagementDeclarer:
     """RabbitMQ 4.x topology over the ``/management`` link pair."""
 
-    def __init__(self, connection, timeout: float = 30.0) -> None:
+    def __init__(self, connection, loop=None, timeout: float = 10.0) -> None:
         self._conn = connection
+        self._loop = loop
         self._timeout = timeout
         self._declared = set()
         self._pending = {}  # message id -> (op, batch)
@@ -58,6 +59,20 @@ class ManagementDeclarer:
             link._pn_link.properties = {_PAIRED: True}
             link.open()
         self._receiver.add_capacity(100)
+        self._attach_timer = self._later(
+            lambda: self._active < 2 and self._lost(
+                'the link pair was not attached within %ss' % timeout))
+
+    def _later(self, fn):
+        """Run fn after the timeout (when there is a loop to time it)."""
+        if self._loop is None:
+            return None
+        return self._loop.call_later(self._timeout, fn)
+
+    @property
+    def failed(self) -> bool:
+        """True once the link pair is unusable (make a new declarer)."""
+        return self._failed is not None
 
     # pyngus link callbacks
     def sender_active(self, link) -> None:
@@ -77,10 +92,16 @@ class ManagementDeclarer:
         pass
 
     def _lost(self, why) -> None:
+        if self._failed is None:
+            LOG.warning('RabbitMQ management node: %s', why)
         self._failed = why or 'management link closed'
         pending, self._pending = self._pending, {}
         waiting, self._waiting = self._waiting, []
-        batches = {id(b): b for _op, b in pending.values()}
+        batches = {}
+        for _op, batch, timer in pending.values():
+            if timer is not None:
+                timer.cancel()
+            batches[id(batch)] = batch
         for batch in list(batches.values()) + waiting:
             batch.done('RabbitMQ management node: %s' % self._failed)
 
@@ -113,7 +134,9 @@ class ManagementDeclarer:
             LOG.debug('management reply for unknown request %s',
                       message.correlation_id)
             return
-        op, batch = entry
+        op, batch, timer = entry
+        if timer is not None:
+            timer.cancel()
         status = str(message.subject or '')
         if status in ('200', '201', '204'):
             self._declared.add(op)
@@ -141,7 +164,14 @@ class ManagementDeclarer:
             return
         op = batch.ops.pop(0)
         message = _request(op)
-        self._pending[message.id] = (op, batch)
+        msg_id = message.id
+        # RabbitMQ may end the pair's session without detaching the links
+        # (seen on 4.0.5 after an internal error): no answer is a failure
+        timer = self._later(
+            lambda: msg_id in self._pending and self._lost(
+                'no answer to %s within %ss' % (_describe(op),
+                                                self._timeout)))
+        self._pending[msg_id] = (op, batch, timer)
         self._sender.send(message)
 
     def forget(self) -> None:
@@ -224,6 +254,8 @@ class AmqpDeclarer:
 
         eventloop._threading.Thread(target=work, daemon=True,
                                     name='amqp1-declare').start()
+
+    failed = False  # every declaration opens its own connection
 
     def forget(self) -> None:
         """Forget what was declared (the broker may have lost it)."""
