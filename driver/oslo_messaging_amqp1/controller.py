@@ -158,13 +158,14 @@ class _Sender:
 
     def sender_remote_closed(self, link, condition) -> None:
         why = _condition_text(condition)
-        LOG.warning('AMQP 1.0 peer closed the sender link to %s: %s',
-                    self.address, why)
+        # the tasks waiting on it report it (they fail or retry)
+        LOG.info('AMQP 1.0 peer closed the sender link to %s: %s',
+                 self.address, why)
         self.ctl.sender_gone(self, why)
         link.close()
 
     def sender_failed(self, link, error) -> None:
-        LOG.warning('Sender link to %s failed: %s', self.address, error)
+        LOG.info('Sender link to %s failed: %s', self.address, error)
         self.ctl.sender_gone(self, str(error))
 
     def sender_closed(self, link) -> None:
@@ -836,7 +837,10 @@ class Controller(pyngus.ConnectionEventHandler):
         task.finish(error=error)
 
     def sender_gone(self, sender: _Sender, why: str) -> None:
-        """A sender link died: its tasks retry after link_retry_delay."""
+        """A sender link died: a failed attempt for its waiting tasks.
+
+        Those with retries left go again after link_retry_delay.
+        """
         if self.senders.get(sender.address) is sender:
             del self.senders[sender.address]
         if sender.idle_timer:
@@ -844,6 +848,12 @@ class Controller(pyngus.ConnectionEventHandler):
         tasks, sender.queue = sender.queue, []
         for task in tasks:
             if task.waiter.done():
+                continue
+            task.attempts += 1
+            if not task.can_retry():
+                self._fail(task, om.MessageDeliveryFailure(
+                    '%s: the AMQP 1.0 peer refused the link to %s (%s)' %
+                    (task.label, sender.address, why)))
                 continue
             self.loop.call_later(self.opts.link_retry_delay,
                                  lambda t=task: self._dispatch(t))

@@ -350,11 +350,6 @@ def test_odd_but_valid_requests_are_served(env):
 def test_call_shaped_requests_with_bad_reply_to(env):
     """Served; the reply that cannot go anywhere is logged once."""
     _t, ep, client, address = _rpc_setup(env)
-    if env.rabbit4:
-        pytest.xfail('known driver issue: RabbitMQ 4 ends the session of a '
-                     'sender link to a missing queue and the driver retries '
-                     'the reply (a warning a second) until '
-                     'default_reply_timeout')
     if env.kind == 'rabbit':
         bogus = _ctl(_t).addresser.queue_address(
             'reply.' + uuid.uuid4().hex)
