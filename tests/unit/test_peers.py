@@ -89,19 +89,6 @@ def send(url, address, *bodies, **kwargs):
 
 
 @pytest.fixture
-def make_peer():
-    started = []
-
-    def make(*args, **kwargs):
-        peer = peers.Peer(*args, **kwargs).start()
-        started.append(peer)
-        return peer
-    yield make
-    for peer in started:
-        peer.stop()
-
-
-@pytest.fixture
 def clients(make_peer):
     opened = []
 
