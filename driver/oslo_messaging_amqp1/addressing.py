@@ -184,10 +184,10 @@ class RabbitAddresser(Addresser):
     needs_body = True
 
     def __init__(self, conf, default_exchange=None, vhost=None,
-                 major: int = 4) -> None:
+                 major: int = 4, reply_queue: str = None) -> None:
         super().__init__(conf, default_exchange, vhost)
         self.major = major
-        self._reply_queue = 'reply.' + uuid.uuid4().hex
+        self.reply_queue = reply_queue or 'reply.' + uuid.uuid4().hex
 
     def _name(self, prefix, *parts) -> str:
         return '.'.join([prefix] + self._parts(*parts))
@@ -254,7 +254,7 @@ class RabbitAddresser(Addresser):
                       Bind(name, TOPIC_EXCHANGE, key)])
 
     def reply_listen(self) -> Route:
-        name = self._reply_queue
+        name = self.reply_queue
         if self.major >= 4:
             queue = Queue(name, False, False, True, ())
         else:
@@ -263,11 +263,15 @@ class RabbitAddresser(Addresser):
 
 
 def make_addresser(mode: str, conf, default_exchange=None, vhost=None,
-                   properties=None) -> Addresser:
-    """Build the addresser for a mode picked by :func:`select_mode`."""
+                   properties=None, reply_queue=None) -> Addresser:
+    """Build the addresser for a mode picked by :func:`select_mode`.
+
+    reply_queue names this process's RabbitMQ reply queue (kept across
+    reconnects so that late replies still find it).
+    """
     if mode == RABBITMQ:
         return RabbitAddresser(conf, default_exchange, vhost,
-                               rabbitmq_major(properties))
+                               rabbitmq_major(properties), reply_queue)
     if mode == LEGACY:
         return LegacyAddresser(conf, default_exchange, vhost)
     return RoutableAddresser(conf, default_exchange, vhost)

@@ -283,6 +283,9 @@ class Controller(pyngus.ConnectionEventHandler):
         self.reply = None           # _ReplyReceiver
         self.reply_waiting = []     # calls waiting for the reply address
         self.reply_retry = None
+        self.reply_queue = 'reply.' + uuid.uuid4().hex  # RabbitMQ only
+        self.rabbit_vhost = False   # send 'vhost:NAME' as Open hostname
+        self.reopen_now = False     # reconnect to the same host at once
         self.loop.call_soon(self._event, 'start')
 
     # ------------------------------------------------------------------
@@ -412,11 +415,8 @@ class Controller(pyngus.ConnectionEventHandler):
         mode = addressing.select_mode(self.opts.addressing_mode, props)
         self.product = props.get('product')
         self.addresser = addressing.make_addresser(
-            mode, self.opts, self.default_exchange, self.vhost, props)
-        if mode == addressing.RABBITMQ and self.reply_name:
-            self.addresser._reply_queue = self.reply_name
-        elif mode == addressing.RABBITMQ:
-            self.reply_name = self.addresser._reply_queue
+            mode, self.opts, self.default_exchange, self.vhost, props,
+            self.reply_queue)
         self.declarer = None
         if (mode == addressing.RABBITMQ and self.vhost and
                 not self.opts.pseudo_vhost and not self.rabbit_vhost):
@@ -445,10 +445,6 @@ class Controller(pyngus.ConnectionEventHandler):
         pending, self.pending = self.pending, []
         for task in pending:
             self._dispatch(task)
-
-    reply_name = None
-    rabbit_vhost = False   # send 'vhost:NAME' as the Open hostname
-    reopen_now = False     # reconnect to the same host without delay
 
     def _amqp091_params(self) -> dict:
         host = self.current_host
