@@ -65,7 +65,6 @@ class Addresser:
     """Base: exchange defaulting and the pieces every mode shares."""
 
     mode = None
-    dynamic_replies = True
     # must every message carry a body section (heartbeats have none)?
     needs_body = False
 
@@ -180,7 +179,6 @@ class RabbitAddresser(Addresser):
     """
 
     mode = RABBITMQ
-    dynamic_replies = False
     needs_body = True
 
     def __init__(self, conf, default_exchange=None, vhost=None,

@@ -34,17 +34,6 @@ def _original(name: str):
     return __import__(name)
 
 
-def green_patched() -> bool:
-    """True when eventlet has monkey-patched threads in this process."""
-    if 'eventlet' not in sys.modules:
-        return False
-    try:
-        from eventlet import patcher
-        return bool(patcher.is_monkey_patched('thread'))
-    except ImportError:  # pragma: no cover
-        return False
-
-
 _threading = _original('threading')
 _select = _original('select')
 _socket = _original('socket')
@@ -143,11 +132,6 @@ class Inbox:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-
-    def reopen(self) -> None:
-        """Allow waiting again after close()."""
-        with self._cond:
-            self._closed = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -264,10 +248,6 @@ class IOLoop:
         self.call_soon(self._set_stopping)
         if _threading.current_thread() is not self._thread:
             self._thread.join(timeout)
-
-    def in_loop(self) -> bool:
-        """True on the I/O thread itself."""
-        return _threading.current_thread() is self._thread
 
     # -- API for the I/O thread ------------------------------------------
 
