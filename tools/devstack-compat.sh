@@ -188,14 +188,31 @@ function _compat_rabbit_pidfile {
     echo "/var/lib/rabbitmq/mnesia/rabbit@$(hostname -s).pid"
 }
 
+# Start the local RabbitMQ node the way its systemd unit would: as user
+# rabbitmq without a PAM session (su's pam_limits cuts open files to 1024,
+# and a node with more queues than that hangs recovering them), with up to
+# 65536 open files (the unit's LimitNOFILE), then wait for it, bounded
+function _compat_start_rabbitmq {
+    local wait=${AMQP1_START_TIMEOUT:-120}
+    # shellcheck disable=SC2016
+    sudo env HOME=/var/lib/rabbitmq bash -c \
+        'ulimit -S -n 65536 2>/dev/null || ulimit -S -n "$(ulimit -H -n)"
+        cd /var/lib/rabbitmq && exec setpriv --reuid=rabbitmq \
+            --regid=rabbitmq --init-groups rabbitmq-server -detached'
+    if ! sudo timeout $((wait + 30)) rabbitmqctl wait --timeout "$wait" \
+            "$(_compat_rabbit_pidfile)" >/dev/null; then
+        die $LINENO "RabbitMQ did not start within ${wait}s: see" \
+            "/var/log/rabbitmq (startup_err and rabbit@$(hostname -s).log)"
+    fi
+}
+
 # Start system service $1
 function start_service {
     local service=$1
     if _compat_have_systemd; then
         sudo systemctl start "$service"
     elif [[ $service == rabbitmq-server ]]; then
-        sudo rabbitmq-server -detached
-        sudo rabbitmqctl wait --timeout 120 "$(_compat_rabbit_pidfile)" >/dev/null
+        _compat_start_rabbitmq
     elif command -v service >/dev/null 2>&1; then
         sudo service "$service" start
     else
