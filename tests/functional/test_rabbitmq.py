@@ -27,6 +27,8 @@ import pytest
 from oslo_messaging_amqp1 import opts
 
 URL = os.environ.get('AMQP1_TEST_RABBIT_URL')
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 pytestmark = pytest.mark.skipif(
     not URL, reason='AMQP1_TEST_RABBIT_URL is not set (no RabbitMQ)')
 
@@ -365,6 +367,9 @@ eventlet.monkey_patch()
 import sys, threading, time, uuid
 from oslo_config import cfg
 import oslo_messaging as om
+sys.path.insert(0, sys.argv[2])
+from tests import rabbit_cleanup
+rabbit_cleanup.start()
 cfg.CONF([])
 url = sys.argv[1]
 topic = 'green-' + uuid.uuid4().hex[:8]
@@ -387,12 +392,13 @@ assert io, 'no amqp1-io thread'
 assert not isinstance(io[0], threading.Thread) or \
     threading.Thread is real.Thread
 server.stop(); server.wait(); t.cleanup()
+rabbit_cleanup.finish()
 sys.stdout.write('green ok\n')
 '''
 
 
 def test_eventlet_monkey_patched_service():
-    out = subprocess.run([sys.executable, '-c', _GREEN, URL],
+    out = subprocess.run([sys.executable, '-c', _GREEN, URL, REPO_DIR],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert 'green ok' in out.stdout
