@@ -303,3 +303,67 @@ def qdrouterd(module_daemons):
 def qpidd(module_daemons):
     """A qpidd (anonymous) shared by the tests of a module."""
     return module_daemons.qpidd()
+
+
+class RabbitNodes(object):
+    """Throwaway RabbitMQ nodes of one test (see rabbitnode.py)."""
+
+    def __init__(self, tmp_path_factory):
+        from tests.functional import rabbitnode
+        self._rabbitnode = rabbitnode
+        self.server = rabbitnode.find_server()
+        if self.server is None:
+            pytest.skip('no rabbitmq-server script (install rabbitmq-server '
+                        'or set AMQP1_TEST_RABBITMQ_SERVER)')
+        # short: Erlang limits the length of a node's socket paths
+        self._base = str(tmp_path_factory.mktemp('rmq'))
+        self._nodes = []
+
+    def node(self, **credentials):
+        """A new node, started; its port and port + 1 are free.
+
+        credentials: user and password of its only user (guest/guest).
+        """
+        while True:
+            port = free_port()
+            if port + 1 not in AVOID_PORTS and not _accepting(port + 1):
+                break
+        node = self._rabbitnode.RabbitNode(
+            self.server, self._base, 'amqp1t%d' % port, port, **credentials)
+        self._nodes.append(node)
+        node.start()
+        return node
+
+    def remove_all(self):
+        for node in self._nodes:
+            node.remove()
+
+
+@pytest.fixture
+def rabbit_nodes(tmp_path_factory):
+    """RabbitMQ nodes for this test only: rabbit_nodes.node()."""
+    nodes = RabbitNodes(tmp_path_factory)
+    yield nodes
+    nodes.remove_all()
+
+
+@pytest.fixture
+def report(request):
+    """report(figure, value, unit='', limit=''): a figure for the report.
+
+    Figures go, one JSON object a line, to the file that
+    ``AMQP1_FAULT_REPORT`` names (``tools/fault-report`` sets it); without
+    it they are only logged.
+    """
+    import json
+    import logging
+    path = os.environ.get('AMQP1_FAULT_REPORT')
+
+    def add(figure, value, unit='', limit=''):
+        row = {'test': request.node.name, 'figure': figure, 'value': value,
+               'unit': unit, 'limit': limit}
+        logging.getLogger(__name__).info('figure: %s', row)
+        if path:
+            with open(path, 'a') as f:
+                f.write(json.dumps(row) + '\n')
+    return add

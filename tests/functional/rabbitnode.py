@@ -1,0 +1,174 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""Throwaway RabbitMQ nodes for the fault tests: the tests kill them.
+
+A node runs the machine's own RabbitMQ (the Debian package's server script,
+or ``AMQP1_TEST_RABBITMQ_SERVER``) as this user, with its own node name,
+ports, data and log directories under a temporary directory, and AMQP 1.0
+enabled (the ``rabbitmq_amqp1_0`` plugin on 3.x; built in on 4.x).  The
+host's RabbitMQ is never touched.  ``kill()`` is a SIGKILL of the whole
+node; ``start()`` again brings it back on the same data, as after a crash.
+"""
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+
+SERVER_CANDIDATES = ('/usr/lib/rabbitmq/bin/rabbitmq-server',
+                     '/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/'
+                     'rabbitmq-server')
+START_TIMEOUT = 90.0
+
+
+def find_server():
+    """The rabbitmq-server script to run, or None."""
+    explicit = os.environ.get('AMQP1_TEST_RABBITMQ_SERVER')
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    for pattern in SERVER_CANDIDATES:
+        for path in sorted(glob.glob(pattern)):
+            if os.access(path, os.X_OK):
+                return path
+    return None
+
+
+def _has_amqp1_plugin(server):
+    base = os.path.dirname(os.path.dirname(os.path.realpath(server)))
+    return bool(glob.glob(os.path.join(base, 'plugins', 'rabbitmq_amqp1_0*'))
+                or glob.glob('/usr/lib/rabbitmq/lib/rabbitmq_server-*/'
+                             'plugins/rabbitmq_amqp1_0*'))
+
+
+def port_open(port, host='127.0.0.1') -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _group(pgid):
+    """The pids of process group pgid."""
+    pids = []
+    for entry in os.listdir('/proc'):
+        try:
+            with open('/proc/%s/stat' % entry) as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            pids.append(int(entry))
+    return pids
+
+
+def _alive(pid) -> bool:
+    """Whether pid runs (a zombie does not)."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return False
+
+
+class RabbitNode:
+    """One RabbitMQ node on port (AMQP 0-9-1 and 1.0) and port + 1."""
+
+    def __init__(self, server, base_dir, name, port, user='guest',
+                 password='guest') -> None:
+        self.server = server
+        self.user = user
+        self.password = password
+        self.dir = os.path.join(base_dir, name)
+        self.name = name
+        self.port = port
+        self.proc = None
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, 'rabbitmq.conf'), 'w') as f:
+            f.write('listeners.tcp.default = 127.0.0.1:%d\n'
+                    'loopback_users = none\n'
+                    'default_user = %s\ndefault_pass = %s\n'
+                    % (port, user, password))
+        with open(os.path.join(self.dir, 'enabled_plugins'), 'w') as f:
+            f.write('[rabbitmq_amqp1_0].\n' if _has_amqp1_plugin(server)
+                    else '[].\n')
+
+    @property
+    def url(self) -> str:
+        """The node's amqp:// URL with its user and password."""
+        return 'amqp://%s:%s@127.0.0.1:%d/' % (
+            urllib.parse.quote(self.user, safe=''),
+            urllib.parse.quote(self.password, safe=''), self.port)
+
+    def _env(self):
+        env = dict(os.environ)
+        d = self.dir
+        env.update(
+            HOME=d, RABBITMQ_NODENAME='%s@localhost' % self.name,
+            RABBITMQ_DIST_PORT=str(self.port + 1),
+            RABBITMQ_MNESIA_BASE=os.path.join(d, 'mnesia'),
+            RABBITMQ_LOG_BASE=os.path.join(d, 'log'),
+            RABBITMQ_PID_FILE=os.path.join(d, 'pid'),
+            RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(d, 'enabled_plugins'),
+            RABBITMQ_PLUGINS_EXPAND_DIR=os.path.join(d, 'plugins-expand'),
+            RABBITMQ_CONFIG_FILE=os.path.join(d, 'rabbitmq'))
+        return env
+
+    def start(self) -> float:
+        """Start (or restart) the node; seconds until it accepted TCP."""
+        assert self.proc is None, 'node %s is running' % self.name
+        start = time.monotonic()
+        log = open(os.path.join(self.dir, 'console.log'), 'ab')
+        self.proc = subprocess.Popen(
+            [self.server], env=self._env(), cwd=self.dir, stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        log.close()
+        while time.monotonic() - start < START_TIMEOUT:
+            if self.proc.poll() is not None:
+                raise RuntimeError('RabbitMQ node %s exited: see %s' %
+                                   (self.name, self.dir))
+            if port_open(self.port):
+                return time.monotonic() - start
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError('RabbitMQ node %s did not listen on %d within '
+                           '%ss: see %s' % (self.name, self.port,
+                                            START_TIMEOUT, self.dir))
+
+    def kill(self) -> None:
+        """SIGKILL the node (its whole process group), as in a crash."""
+        if self.proc is None:
+            return
+        group = _group(self.proc.pid)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.proc = None
+        # the Erlang VM is a child of the script: gone only once it is dead
+        deadline = time.monotonic() + 30
+        while (any(_alive(pid) for pid in group) or port_open(self.port)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def remove(self) -> None:
+        """Kill the node and delete its files."""
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
