@@ -375,9 +375,17 @@ class Controller(pyngus.ConnectionEventHandler):
                 props['x-ssl-identity'] = (o.ssl_cert_file,
                                            o.ssl_key_file or None,
                                            o.ssl_key_password or None)
-            if o.ssl_verify_vhost and self.vhost:
-                props['x-ssl-peer-name'] = self.vhost
+            # the certificate must name the host (or, with
+            # ssl_verify_vhost, the virtual host): pyngus checks only the
+            # CA when it is given no peer name
+            props['x-ssl-peer-name'] = self._ssl_peer_name(host)
         return props
+
+    def _ssl_peer_name(self, host) -> str:
+        """The name the peer's TLS certificate must carry."""
+        if self.opts.ssl_verify_vhost and self.vhost:
+            return self.vhost
+        return host.hostname
 
     def _open(self) -> None:
         host = self.hosts[self.host_index % len(self.hosts)]
@@ -457,7 +465,14 @@ class Controller(pyngus.ConnectionEventHandler):
             params['ssl'] = {'ca_certs': o.ssl_ca_file,
                              'certfile': o.ssl_cert_file,
                              'keyfile': o.ssl_key_file,
-                             'password': o.ssl_key_password}
+                             'password': o.ssl_key_password,
+                             'peer_name': self._ssl_peer_name(host)}
+        # py-amqp would pick EXTERNAL whenever RabbitMQ offers it, even for
+        # a named user: PLAIN unless no user is named and EXTERNAL allowed
+        mechanisms = (o.sasl_mechanisms or '').upper().split()
+        params['login_method'] = 'PLAIN'
+        if not host.username and 'EXTERNAL' in mechanisms:
+            params['login_method'] = 'EXTERNAL'
         return params
 
     def _on_lost(self) -> None:
@@ -496,13 +511,17 @@ class Controller(pyngus.ConnectionEventHandler):
                  self.hosts[self.host_index % len(self.hosts)], self.delay)
         self.loop.call_later(self.delay, lambda: self._event('retry'))
         if self.auth_error:
-            # a wrong password will not fix itself: fail fast
-            for task in list(self.pending):
-                self._fail(task, om.MessageDeliveryFailure(self.auth_error))
-            self.pending = []
-            for task in list(self.reply_waiting):
-                self._fail(task, om.MessageDeliveryFailure(self.auth_error))
-            self.reply_waiting = []
+            # a wrong password or certificate will not fix itself
+            self._fail_pending(self.auth_error)
+
+    def _fail_pending(self, text) -> None:
+        """Fail what waits for the connection with MessageDeliveryFailure."""
+        for task in list(self.pending):
+            self._fail(task, om.MessageDeliveryFailure(text))
+        self.pending = []
+        for task in list(self.reply_waiting):
+            self._fail(task, om.MessageDeliveryFailure(text))
+        self.reply_waiting = []
 
     # pyngus ConnectionEventHandler ---------------------------------------
 
@@ -515,7 +534,38 @@ class Controller(pyngus.ConnectionEventHandler):
         LOG.warning('AMQP 1.0 connection to %s failed: %s',
                     self.current_host, error)
         self.last_error = '%s: %s' % (self.current_host, error)
+        if 'certificate verify failed' in str(error):
+            self._diagnose_tls(self.current_host)
         self._event('lost')
+
+    def _diagnose_tls(self, host) -> None:
+        """Find out why the peer's certificate was refused.
+
+        Proton does not say; a handshake from Python on a helper thread
+        does, and the callers then fail with that.
+        """
+        params = self._amqp091_params()['ssl']
+
+        def work():
+            why = topology.tls_diagnosis(host.hostname, host.port, params)
+            text = ('TLS to %s: the peer\'s certificate was refused: %s '
+                    '(CA file %r, expected name %r): check ssl_ca_file and '
+                    'ssl_verify_vhost in [oslo_messaging_amqp] or the '
+                    'certificate of the peer' %
+                    (host, why, params.get('ca_certs') or 'the system CAs',
+                     params.get('peer_name')))
+            self.loop.call_soon(self._tls_failed, host, text)
+
+        eventloop._threading.Thread(target=work, daemon=True,
+                                    name='amqp1-tls-check').start()
+
+    def _tls_failed(self, host, text) -> None:
+        if self.state == ACTIVE or host is not self.current_host:
+            return
+        if text != self.auth_error:
+            LOG.error('%s', text)
+        self.auth_error = text
+        self._fail_pending(text)
 
     def connection_remote_closed(self, connection, condition) -> None:
         if connection is not self.conn:

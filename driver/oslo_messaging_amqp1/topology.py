@@ -15,6 +15,7 @@ Both run their callbacks on the I/O thread: ``declare(ops, done)`` calls
 """
 
 import logging
+import socket
 import ssl as ssl_module
 import urllib.parse
 import uuid
@@ -265,25 +266,15 @@ class AmqpDeclarer:
         """Nothing is kept open."""
 
     def _run(self, ops):
-        import amqp  # py-amqp, a dependency of kombu/oslo.messaging
         p = self._params
-        ssl_opts = None
-        if p.get('ssl') is not None:
-            s = p['ssl']
-            context = ssl_module.create_default_context(
-                cafile=s.get('ca_certs') or None)
-            if not s.get('ca_certs') and s.get('no_verify'):
-                context.check_hostname = False
-                context.verify_mode = ssl_module.CERT_NONE
-            if s.get('certfile'):
-                context.load_cert_chain(s['certfile'], s.get('keyfile'),
-                                        s.get('password'))
-            ssl_opts = context
-        conn = amqp.Connection(
+        connection_class = _amqp_connection_class()
+        conn = connection_class(
             host='%s:%s' % (p['host'], p['port']),
             userid=p.get('username') or 'guest',
             password=p.get('password') or 'guest',
-            virtual_host=p.get('vhost') or '/', ssl=ssl_opts,
+            login_method=p.get('login_method'),
+            virtual_host=p.get('vhost') or '/',
+            ssl=_ssl_context(p['ssl']) if p.get('ssl') else False,
             connect_timeout=10)
         try:
             conn.connect()
@@ -305,3 +296,82 @@ class AmqpDeclarer:
                 conn.close()
             except Exception:
                 pass
+
+
+def _ssl_context(s: dict) -> ssl_module.SSLContext:
+    """The TLS context of the 0-9-1 declarations: the AMQP 1.0 one's rules.
+
+    The peer's certificate is checked against ssl_ca_file (else the system
+    CAs) and must name peer_name; the client certificate and its key
+    password are used as given.
+    """
+    context = ssl_module.create_default_context(
+        cafile=s.get('ca_certs') or None)
+    context.check_hostname = bool(s.get('peer_name'))
+    if s.get('certfile'):
+        context.load_cert_chain(s['certfile'], s.get('keyfile') or None,
+                                s.get('password') or None)
+    context.amqp1_peer_name = s.get('peer_name')
+    return context
+
+
+def tls_diagnosis(hostname: str, port: int, s: dict) -> str:
+    """Why a TLS handshake with these settings fails, in OpenSSL's words.
+
+    s is the ``ssl`` dict of the declarer's parameters; a blocking
+    handshake, for a helper thread.
+    """
+    try:
+        context = _ssl_context(s)
+        with socket.create_connection((hostname, port), timeout=5) as sock:
+            with context.wrap_socket(sock,
+                                     server_hostname=s.get('peer_name')):
+                return 'yet a handshake from Python succeeds'
+    except ssl_module.SSLCertVerificationError as exc:
+        return exc.verify_message or str(exc)
+    except (OSError, ssl_module.SSLError, ValueError) as exc:
+        return str(exc)
+
+
+_CONNECTION_CLASS = []
+
+
+def _amqp_connection_class():
+    """py-amqp's Connection, made to use a given SSLContext as it is.
+
+    py-amqp takes TLS settings as a dict of wrap_socket arguments, which
+    cannot carry a key password; an SSLContext passed as ``ssl`` is used
+    here with the peer name it carries.
+    """
+    if _CONNECTION_CLASS:
+        return _CONNECTION_CLASS[0]
+    import amqp  # py-amqp, a dependency of kombu/oslo.messaging
+    from amqp import transport
+
+    class ContextTransport(transport.SSLTransport):
+        def __init__(self, host, connect_timeout=None, ssl=None, **kwargs):
+            self.amqp1_context = ssl
+            super().__init__(host, connect_timeout=connect_timeout,
+                             ssl={}, **kwargs)
+
+        def _wrap_socket(self, sock, **sslopts):
+            context = self.amqp1_context
+            return context.wrap_socket(
+                sock, server_hostname=context.amqp1_peer_name)
+
+    class Connection(amqp.Connection):
+        def Transport(self, host, connect_timeout, ssl=False,
+                      read_timeout=None, write_timeout=None,
+                      socket_settings=None, **kwargs):
+            if isinstance(ssl, ssl_module.SSLContext):
+                return ContextTransport(
+                    host, connect_timeout=connect_timeout, ssl=ssl,
+                    read_timeout=read_timeout, write_timeout=write_timeout,
+                    socket_settings=socket_settings, **kwargs)
+            return super().Transport(
+                host, connect_timeout, ssl=ssl, read_timeout=read_timeout,
+                write_timeout=write_timeout,
+                socket_settings=socket_settings, **kwargs)
+
+    _CONNECTION_CLASS.append(Connection)
+    return Connection
