@@ -319,17 +319,18 @@ class RabbitNodes(object):
         self._base = str(tmp_path_factory.mktemp('rmq'))
         self._nodes = []
 
-    def node(self, **credentials):
+    def node(self, **options):
         """A new node, started; its port and port + 1 are free.
 
-        credentials: user and password of its only user (guest/guest).
+        options: user and password of its only user (guest/guest),
+        config (rabbitmq.conf lines), plugins (more to enable).
         """
         while True:
             port = free_port()
             if port + 1 not in AVOID_PORTS and not _accepting(port + 1):
                 break
         node = self._rabbitnode.RabbitNode(
-            self.server, self._base, 'amqp1t%d' % port, port, **credentials)
+            self.server, self._base, 'amqp1t%d' % port, port, **options)
         self._nodes.append(node)
         node.start()
         return node
@@ -367,3 +368,11 @@ def report(request):
             with open(path, 'a') as f:
                 f.write(json.dumps(row) + '\n')
     return add
+
+
+@pytest.fixture(scope='module')
+def module_rabbit_nodes(tmp_path_factory):
+    """RabbitMQ nodes shared by the tests of a module."""
+    nodes = RabbitNodes(tmp_path_factory)
+    yield nodes
+    nodes.remove_all()

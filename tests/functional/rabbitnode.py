@@ -87,10 +87,13 @@ def _alive(pid) -> bool:
 
 
 class RabbitNode:
-    """One RabbitMQ node on port (AMQP 0-9-1 and 1.0) and port + 1."""
+    """One RabbitMQ node on port (AMQP 0-9-1 and 1.0) and port + 1.
+
+    config: more rabbitmq.conf lines; plugins: more plugins to enable.
+    """
 
     def __init__(self, server, base_dir, name, port, user='guest',
-                 password='guest') -> None:
+                 password='guest', config='', plugins=()) -> None:
         self.server = server
         self.user = user
         self.password = password
@@ -102,11 +105,13 @@ class RabbitNode:
         with open(os.path.join(self.dir, 'rabbitmq.conf'), 'w') as f:
             f.write('listeners.tcp.default = 127.0.0.1:%d\n'
                     'loopback_users = none\n'
-                    'default_user = %s\ndefault_pass = %s\n'
-                    % (port, user, password))
+                    'default_user = %s\ndefault_pass = %s\n%s'
+                    % (port, user, password, config))
+        plugins = list(plugins)
+        if _has_amqp1_plugin(server):
+            plugins.append('rabbitmq_amqp1_0')
         with open(os.path.join(self.dir, 'enabled_plugins'), 'w') as f:
-            f.write('[rabbitmq_amqp1_0].\n' if _has_amqp1_plugin(server)
-                    else '[].\n')
+            f.write('[%s].\n' % ','.join(plugins))
 
     @property
     def url(self) -> str:
