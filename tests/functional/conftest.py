@@ -38,6 +38,8 @@ import time
 
 import pytest
 
+from tests.functional import rabbitnode
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'devstack',
                          'files')
@@ -75,11 +77,7 @@ def free_port() -> int:
 
 
 def _accepting(port: int) -> bool:
-    try:
-        socket.create_connection((LOCALHOST, port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
+    return rabbitnode.port_open(port, LOCALHOST)
 
 
 class Daemon(object):
@@ -309,8 +307,6 @@ class RabbitNodes(object):
     """Throwaway RabbitMQ nodes of one test (see rabbitnode.py)."""
 
     def __init__(self, tmp_path_factory):
-        from tests.functional import rabbitnode
-        self._rabbitnode = rabbitnode
         self.server = rabbitnode.find_server()
         if self.server is None:
             pytest.skip('no rabbitmq-server script (install rabbitmq-server '
@@ -329,7 +325,7 @@ class RabbitNodes(object):
             port = free_port()
             if port + 1 not in AVOID_PORTS and not _accepting(port + 1):
                 break
-        node = self._rabbitnode.RabbitNode(
+        node = rabbitnode.RabbitNode(
             self.server, self._base, 'amqp1t%d' % port, port, **options)
         self._nodes.append(node)
         node.start()
