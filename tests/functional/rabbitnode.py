@@ -156,6 +156,18 @@ class RabbitNode:
                            '%ss: see %s' % (self.name, self.port,
                                             START_TIMEOUT, self.dir))
 
+    def ctl(self, *args) -> str:
+        """rabbitmqctl on this node (the script beside the server's)."""
+        ctl = os.path.join(os.path.dirname(self.server), 'rabbitmqctl')
+        env = self._env()
+        out = subprocess.run([ctl, '-n', env['RABBITMQ_NODENAME']] +
+                             list(args), env=env, capture_output=True,
+                             text=True, timeout=60)
+        if out.returncode:
+            raise RuntimeError('rabbitmqctl %s: %s' % (
+                ' '.join(args), out.stderr[-500:]))
+        return out.stdout
+
     def kill(self) -> None:
         """SIGKILL the node (its whole process group), as in a crash."""
         if self.proc is None:

@@ -24,7 +24,15 @@ tests assert the pass/fail conditions:
   ``connection_retry_interval_max`` + 2 s of the broker's return, and the
   server resubscribes by itself;
 * a URL with two nodes: the active one is killed, calls and notifications
-  go on through the other; the gap is reported.
+  go on through the other; the gap is reported;
+* no password (right or wrong) in any log line, at DEBUG;
+* a wrong password fails calls at once (after RabbitMQ's own 3 s delay),
+  is logged at ERROR with the host, is retried with backoff, and once the
+  broker takes the password the same transport gets in;
+* ``sasl_mechanisms`` restricts what the driver offers;
+* a server that never finishes its work does not make memory grow with
+  what is cast to it (its credit bounds what it takes);
+* a slow notification listener loses nothing.
 """
 
 import logging
@@ -129,13 +137,26 @@ def _run_callers(client, threads, body):
     return [call for caller in callers for call in caller.calls]
 
 
-def test_calls_across_broker_restart(rabbit_nodes, report):
-    rabbit = rabbit_nodes.node()
+def _bus(request, kind):
+    """(bus, url) of a bus that kill() and start() restart.
+
+    RabbitMQ, or a daemon given by AMQP1_TEST_QDROUTERD/AMQP1_TEST_QPIDD.
+    """
+    if kind == 'rabbit':
+        node = request.getfixturevalue('rabbit_nodes').node()
+        return node, node.url
+    daemon = getattr(request.getfixturevalue('daemons'), kind)()
+    return daemon, daemon.url()
+
+
+@pytest.mark.parametrize('kind', ['rabbit', 'qdrouterd', 'qpidd'])
+def test_calls_across_broker_restart(request, kind, report):
+    rabbit, url = _bus(request, kind)
     topic = utils.unique('restart')
     options = dict(connection_retry_interval=1, connection_retry_backoff=1,
                    connection_retry_interval_max=RETRY_MAX)
-    server_node = utils.Node(rabbit.url, **options)
-    client_node = utils.Node(rabbit.url, **options)
+    server_node = utils.Node(url, **options)
+    client_node = utils.Node(url, **options)
     back = []
     try:
         server_node.server(topic, 'srv')
@@ -160,12 +181,13 @@ def test_calls_across_broker_restart(rabbit_nodes, report):
     assert first_ok is not None, 'no call succeeded after the restart'
     recovery = first_ok - back[0]
     failed = sum(1 for _, _, ok in calls if not ok)
-    report('broker restart, 8 callers: calls', len(calls))
-    report('broker restart, 8 callers: calls failed', failed)
-    report('broker restart, 8 callers: worst overrun of the %d s timeout'
-           % CALL_TIMEOUT, round(max(overrun, 0), 2), 's', limit='<= 1')
-    report('broker restart, 8 callers: first success after the broker is '
-           'back', round(recovery, 2), 's', limit='<= %d' % (RETRY_MAX + 2))
+    report('%s restart, 8 callers: calls' % kind, len(calls))
+    report('%s restart, 8 callers: calls failed' % kind, failed)
+    report('%s restart, 8 callers: worst overrun of the %d s timeout'
+           % (kind, CALL_TIMEOUT), round(max(overrun, 0), 2), 's',
+           limit='<= 1')
+    report('%s restart, 8 callers: first success after it is back' % kind,
+           round(recovery, 2), 's', limit='<= %d' % (RETRY_MAX + 2))
     assert overrun <= 1.0
     assert recovery <= RETRY_MAX + 2
     late = [ok for start, _, ok in calls if start >= back[0] + recovery]
@@ -245,3 +267,186 @@ def test_no_secret_in_any_log_line(rabbit_nodes, caplog, report):
     assert not leaks, leaks[:3]
     assert errors, 'the authentication failure was not logged at ERROR'
     assert '127.0.0.1:%d' % rabbit.port in errors[0], errors[0]
+
+
+def test_wrong_password_fails_fast_and_retries_with_backoff(
+        rabbit_nodes, caplog, report):
+    rabbit = rabbit_nodes.node(user='amqp1user', password='right-one')
+    topic = utils.unique('sasl')
+    caplog.set_level(logging.INFO, logger='oslo_messaging_amqp1')
+    server = utils.Node(rabbit.url)
+    node = utils.Node(rabbit.url.replace('right-one', 'wrong-one'),
+                      connection_retry_interval=1, connection_retry_backoff=1,
+                      connection_retry_interval_max=4)
+    try:
+        server.server(topic, 'srv')
+        client = node.client(topic, timeout=30)
+        start = time.monotonic()
+        with pytest.raises(om.MessageDeliveryFailure,
+                           match='authentication failed'):
+            client.call({}, 'echo', value=1)
+        failed_after = time.monotonic() - start
+        time.sleep(14)
+        delays = [float(r.getMessage().split(' in ')[1].split()[0])
+                  for r in caplog.records
+                  if r.getMessage().startswith('Reconnecting to')]
+        # the password is fixed on the broker: the same transport gets in
+        # at its next attempt (calls until then fail at once)
+        rabbit.ctl('change_password', 'amqp1user', 'wrong-one')
+        fixed = time.monotonic()
+        while True:
+            try:
+                answer = client.prepare(timeout=5).call({}, 'echo', value=2)
+                break
+            except (om.MessageDeliveryFailure, om.MessagingTimeout):
+                assert time.monotonic() - fixed < 30, 'never got in'
+                time.sleep(0.2)
+        recovered = time.monotonic() - fixed
+    finally:
+        node.cleanup()
+        server.cleanup()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and
+              'authentication failed' in r.getMessage()]
+    # RabbitMQ answers a failed login after 3 s (its silent-close delay)
+    report('SASL wrong password: call failed after', round(failed_after, 2),
+           's', limit='< 3 + 2')
+    report('SASL wrong password: reconnect delays', ' '.join(
+        '%g' % d for d in delays[:6]), 's', limit='1 2 3 ...')
+    report('SASL wrong password: logged at ERROR with the host',
+           len(errors) > 0)
+    report('SASL password fixed on the broker: first call through after',
+           round(recovered, 2), 's', limit='<= 4 + 3 + 2')
+    assert failed_after < 5
+    assert errors and '127.0.0.1:%d' % rabbit.port in errors[0].getMessage()
+    assert delays[:3] == [1, 2, 3], delays
+    assert answer['echo'] == 2
+    # an attempt under way may take RabbitMQ's 3 s to fail first
+    assert recovered <= 4 + 3 + 2
+
+
+def test_sasl_mechanisms_restricts_the_offer(rabbit_nodes, report):
+    rabbit = rabbit_nodes.node()
+    topic = utils.unique('mech')
+    node = utils.Node(rabbit.url, sasl_mechanisms='CRAM-MD5')
+    try:
+        with pytest.raises(om.MessageDeliveryFailure,
+                           match='authentication failed'):
+            node.client(topic, timeout=10).call({}, 'echo', value=1)
+    finally:
+        node.cleanup()
+    node = utils.Node(rabbit.url, sasl_mechanisms='PLAIN')
+    try:
+        node.server(topic, 'srv')
+        assert utils.wait_ready(node.client(topic), value=3)['echo'] == 3
+    finally:
+        node.cleanup()
+    report('sasl_mechanisms = CRAM-MD5 (RabbitMQ does not offer it)',
+           'MessageDeliveryFailure')
+    report('sasl_mechanisms = PLAIN', 'works')
+
+
+class _Blocked:
+    """An RPC endpoint that never returns until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.got = 0
+
+    def record(self, ctxt, value):
+        self.got += 1
+        self.release.wait(120)
+
+
+def _rss_mb() -> float:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def test_server_that_never_acks_bounds_memory(rabbit_nodes, report):
+    rabbit = rabbit_nodes.node()
+    topic = utils.unique('noack')
+    server_node = utils.Node(rabbit.url)
+    client_node = utils.Node(rabbit.url)
+    endpoint = _Blocked()
+    payload = 'x' * 65536
+    batches, batch = 6, 500
+    rss = []
+    try:
+        server = om.get_rpc_server(
+            server_node.transport, server_node.target(topic, 'stuck'),
+            [endpoint], executor='threading')
+        server.start()
+        server_node._running.append(server)
+        client = client_node.client(topic)
+        client.cast({}, 'record', value='')
+        deadline = time.monotonic() + 10
+        while endpoint.got == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rss.append(_rss_mb())
+        for _ in range(batches):
+            for n in range(batch):
+                client.cast({}, 'record', value=payload)
+            rss.append(_rss_mb())
+        taken = endpoint.got
+    finally:
+        endpoint.release.set()
+        client_node.cleanup()
+        server_node.cleanup()
+    sent_mb = batches * batch * len(payload) / 1048576.0
+    half = len(rss) // 2
+    late = rss[-1] - rss[half]
+    late_sent = (len(rss) - 1 - half) * batch * len(payload) / 1048576.0
+    report('stuck server: MB of 64 KB casts sent, none consumed', int(sent_mb))
+    report('stuck server: RSS after each %d casts' % batch,
+           ' '.join('%d' % r for r in rss), 'MB')
+    report('stuck server: RSS growth over the second half (MB sent then)',
+           '%.1f (%d)' % (late, late_sent), 'MB', limit='< 1/4 of sent')
+    report('stuck server: deliveries taken by the server', taken,
+           limit='<= rpc_server_credit')
+    # kept casts would grow RSS by what was sent; allocator noise is less
+    assert late < late_sent / 4, rss
+    assert taken <= 100
+
+
+def test_slow_listener_loses_nothing(rabbit_nodes, report):
+    rabbit = rabbit_nodes.node()
+    topic = utils.unique('slow')
+    count = 2000
+    node = utils.Node(rabbit.url)
+    got = []
+
+    class Slow:
+        def info(self, ctxt, publisher_id, event_type, payload, metadata):
+            time.sleep(0.005)
+            got.append(payload['n'])
+
+    try:
+        listener = om.get_notification_listener(
+            node.notify_transport, [om.Target(topic=topic)], [Slow()],
+            executor='threading')
+        listener.start()
+        node._running.append(listener)
+        notifier = node.notifier(topic)
+        notifier.info({}, 'slow', {'n': -1})
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        start = time.monotonic()
+        for n in range(count):
+            notifier.info({}, 'slow', {'n': n})
+        sent = time.monotonic() - start
+        deadline = time.monotonic() + 120
+        while len(set(got) - {-1}) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        received = time.monotonic() - start
+    finally:
+        node.cleanup()
+    lost = count - len(set(got) - {-1})
+    report('slow listener (5 ms each): notifications', count)
+    report('slow listener: sent in / all received in', '%.1f / %.1f' % (
+        sent, received), 's')
+    report('slow listener: lost', lost, limit='0')
+    assert lost == 0
