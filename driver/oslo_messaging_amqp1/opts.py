@@ -128,13 +128,26 @@ amqp1_opts = [
                     help='Message types sent pre-settled (no delivery '
                          'outcome awaited): rpc-call, rpc-reply, rpc-cast, '
                          'notify.'),
+    # not an option of the former driver (it always waited)
+    cfg.IntOpt('send_window', default=100, min=0,
+               help='Notifications, replies and pre-settled casts one '
+                    'process may have handed to the I/O thread before '
+                    'their outcome is known; the caller returns at once '
+                    'while the window has room (a notification not yet '
+                    'accepted is resent after a reconnect, a failure is '
+                    'logged at ERROR). 0: every send waits for its outcome, '
+                    'as the former driver did.'),
 ]
 
 
 def register(conf: cfg.ConfigOpts) -> None:
     """Register the options on conf (idempotent)."""
-    conf.register_group(_group)
-    conf.register_opts(amqp1_opts, group=_group)
+    # a fresh OptGroup: oslo.config keeps a registered group's options
+    # (and their overrides) in the OptGroup object it was given, so one
+    # shared object would share overrides between ConfigOpts instances
+    if GROUP not in conf:
+        conf.register_group(cfg.OptGroup(name=GROUP, title=_group.title))
+    conf.register_opts(amqp1_opts, group=GROUP)
 
 
 def list_opts() -> list:
