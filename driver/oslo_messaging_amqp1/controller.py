@@ -90,8 +90,10 @@ class SendTask:
     """
 
     def __init__(self, route, message, timeout, retry, presettled,
-                 is_call=False, monitor=None, label='message'):
+                 is_call=False, monitor=None, label='message',
+                 on_done=None):
         self.route = route
+        self.on_done = on_done  # on_done(task, error) once finished
         self.message = message
         self.deadline = eventloop.now() + timeout
         self.timeout = timeout
@@ -114,6 +116,8 @@ class SendTask:
 
     def finish(self, value=None, error=None) -> None:
         """Complete the task once (I/O thread)."""
+        if self.waiter.done():
+            return
         for t in (self.timer, self.monitor_timer):
             if t is not None:
                 t.cancel()
@@ -121,6 +125,8 @@ class SendTask:
             self.waiter.fail(error)
         else:
             self.waiter.set(value)
+        if self.on_done is not None:
+            self.on_done(self, error)
 
 
 class Subscription:

@@ -8,6 +8,7 @@ controller and turns what arrives back into IncomingMessages. It never
 touches proton links itself.
 """
 
+import functools
 import logging
 import os
 import threading
@@ -135,6 +136,9 @@ class ProtonDriver(base.BaseDriver):
             getattr(self._opts, opt.dest)
         _check_url(url)
         self._pre_settled = _check_pre_settled(self._opts.pre_settled)
+        self._window = (eventloop.Window(self._opts.send_window)
+                        if self._opts.send_window else None)
+        self._proven = set()  # targets a send went through to
         self._ctl = None
         self._pid = None
         self._lock = threading.Lock()
@@ -151,6 +155,9 @@ class ProtonDriver(base.BaseDriver):
             if self._ctl is None or self._pid != pid:
                 if self._ctl is not None:
                     LOG.debug('process forked: new AMQP 1.0 connection')
+                    # the parent's outstanding sends are not this process's
+                    if self._window is not None:
+                        self._window = eventloop.Window(self._window.size)
                 self._ctl = controller.Controller(
                     self.conf, self._url, self._default_exchange,
                     self._allowed_remote_exmods)
@@ -165,6 +172,39 @@ class ProtonDriver(base.BaseDriver):
                                       (task.timeout, task.label))
         return result
 
+    def _run_windowed(self, task: controller.SendTask, key=None) -> None:
+        """Hand task to the I/O thread and return (see send_window).
+
+        Only while connected and, with a key, once a send to the same key
+        went through: the first send to a target, and every send while the
+        bus is down, waits as in :meth:`_run`, so that a refusal or a wrong
+        password reaches the caller; a windowed send that fails is logged
+        and makes the next send to its key wait again.
+        """
+        window = self._window
+        ctl = self._controller()
+        if (window is None or ctl.state != controller.ACTIVE or
+                (key is not None and key not in self._proven) or
+                not window.acquire(task.timeout + _GRACE)):
+            self._run(task)
+            if key is not None:
+                self._proven.add(key)
+            return
+        task.on_done = functools.partial(self._windowed_done, key)
+        ctl.submit(task)
+
+    def _windowed_done(self, key, task, error) -> None:
+        self._window.release()
+        if error is not None:
+            self._proven.discard(key)
+            LOG.error('Could not send the %s: %s', task.label, error)
+
+    def flush(self, timeout: float = None) -> bool:
+        """Wait until every windowed send has finished; False on timeout."""
+        if self._window is None:
+            return True
+        return self._window.drain(timeout)
+
     def send_raw(self, address: str, message, kind: str) -> None:
         """Send a reply or heartbeat to a reply address; never raises."""
         timeout = self._opts.default_reply_timeout
@@ -174,7 +214,7 @@ class ProtonDriver(base.BaseDriver):
             kind == 'heartbeat' or 'rpc-reply' in self._pre_settled,
             label='%s to %s' % (kind, address))
         try:
-            self._run(task)
+            self._run_windowed(task)
         except Exception as exc:
             LOG.warning('Could not send the %s to %s: %s', kind, address,
                         exc)
@@ -202,9 +242,15 @@ class ProtonDriver(base.BaseDriver):
             self._pre_settled, is_call=bool(wait_for_reply),
             monitor=call_monitor_timeout if wait_for_reply else None,
             label='%s %s to %s' % (kind, message.get('method'), target))
-        reply = self._run(task)
         if not wait_for_reply:
+            if task.presettled:
+                self._run_windowed(task, ('cast', target.exchange,
+                                          target.topic, target.server,
+                                          target.fanout))
+            else:
+                self._run(task)
             return None
+        reply = self._run(task)
         try:
             result, failure = codec.decode_reply(
                 reply, self._allowed_remote_exmods)
@@ -226,7 +272,7 @@ class ProtonDriver(base.BaseDriver):
             self._opts.default_notify_timeout, retry,
             'notify' in self._pre_settled,
             label='notification to %s' % target.topic)
-        self._run(task)
+        self._run_windowed(task, ('notify', target.exchange, target.topic))
 
     def listen(self, target, batch_size, batch_timeout):
         """An RPC server's listener: topic, topic+server and fanout."""
@@ -259,7 +305,11 @@ class ProtonDriver(base.BaseDriver):
                                              batch_timeout)
 
     def cleanup(self) -> None:
-        """Close the connection and stop the I/O thread."""
+        """Finish windowed sends, close the connection, stop the I/O."""
+        if self._ctl is not None and not self.flush(
+                self._opts.default_send_timeout):
+            LOG.warning('%d sends were still outstanding at cleanup',
+                        len(self._window))
         with self._lock:
             ctl, self._ctl = self._ctl, None
         if ctl is not None and self._pid == os.getpid():

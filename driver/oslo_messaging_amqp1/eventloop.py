@@ -162,6 +162,61 @@ class Inbox:
             return self._items.popleft()
 
 
+class Window:
+    """A bound on sends handed to the I/O thread and not yet finished.
+
+    Callers take a place with :meth:`acquire` (waiting while all ``size``
+    are taken), the I/O thread gives it back with :meth:`release`.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._used = 0
+        self._cond = _threading.Condition(_threading.Lock())
+
+    def _wait_until(self, ready, timeout) -> bool:
+        deadline = None if timeout is None else now() + timeout
+        if green_caller():
+            pause = 0.0005
+            while True:
+                with self._cond:
+                    if ready():
+                        return True
+                if deadline is not None and now() >= deadline:
+                    return False
+                _green_sleep(pause)
+                pause = min(pause * 2, 0.02)
+        with self._cond:
+            while not ready():
+                left = None if deadline is None else deadline - now()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def acquire(self, timeout: float = None) -> bool:
+        """Take a place; False when none freed up within timeout."""
+        while self._wait_until(lambda: self._used < self.size, timeout):
+            with self._cond:
+                if self._used < self.size:
+                    self._used += 1
+                    return True
+        return False
+
+    def release(self) -> None:
+        """Give a place back (any thread)."""
+        with self._cond:
+            self._used -= 1
+            self._cond.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every place is back; False on timeout."""
+        return self._wait_until(lambda: self._used == 0, timeout)
+
+    def __len__(self) -> int:
+        return self._used
+
+
 class Timer:
     """A cancellable callback scheduled on the I/O thread."""
 

@@ -71,7 +71,9 @@ def test_broker_stores_notifications_until_a_listener_comes(messaging,
     transport = messaging.notification_transport(broker)
     for i in range(3):
         notifier(transport).info({}, 'compute.start', {'n': i})
-    assert broker.queue_depth(ADDRESSES['broker'] % 'info') == 3
+    # with send_window, info() returns before the broker has them
+    assert broker.wait_for(
+        lambda: broker.queue_depth(ADDRESSES['broker'] % 'info') == 3)
     endpoint = helpers.NotifyEndpoint()
     messaging.listener(transport, endpoint)
     assert broker.wait_for(lambda: len(endpoint.seen) == 3)
