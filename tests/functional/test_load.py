@@ -34,15 +34,15 @@ SERVERS = 10
 MANY_SERVERS = 100
 
 
-class _SlowEndpoint:
-    """echo after a pause, so that calls pile up in flight."""
+class _GatedEndpoint:
+    """echo once the gate opens, so that calls pile up in flight."""
 
-    def __init__(self, name, pause) -> None:
+    def __init__(self, name, gate) -> None:
         self.name = name
-        self.pause = pause
+        self.gate = gate
 
     def echo(self, ctxt, value):
-        time.sleep(self.pause)
+        self.gate.wait(60)
         return {'echo': value, 'server': self.name}
 
 
@@ -52,52 +52,55 @@ def test_thousand_calls_in_flight(rabbit_nodes, report):
     servers = utils.Node(rabbit.url, default_reply_timeout=60)
     clients = utils.Node(rabbit.url)
     results = {}
-    lock = threading.Lock()
-    state = {'now': 0, 'max': 0}
+    gate = threading.Event()
     try:
         for n in range(SERVERS):
             server = om.get_rpc_server(
                 servers.transport, servers.target(topic, 'srv%d' % n),
-                [_SlowEndpoint('srv%d' % n, 0.5)], executor='threading')
+                [_GatedEndpoint('srv%d' % n, gate)], executor='threading')
             server.start()
             servers._running.append(server)
         client = clients.client(topic, timeout=60)
+        gate.set()
         utils.wait_ready(client, value=-1)
-        barrier = threading.Barrier(IN_FLIGHT)
+        gate.clear()
 
         def call(n):
-            barrier.wait()
-            with lock:
-                state['now'] += 1
-                state['max'] = max(state['max'], state['now'])
             try:
                 results[n] = client.call({}, 'echo', value=n)
             except Exception as exc:
                 results[n] = exc
-            with lock:
-                state['now'] -= 1
 
         threads = [threading.Thread(target=call, args=(n,), daemon=True)
                    for n in range(IN_FLIGHT)]
         start = time.monotonic()
         for thread in threads:
             thread.start()
+        # calls sent and waiting for their reply, as the driver counts them
+        calls = clients.transport._driver._ctl.calls
+        in_flight = 0
+        deadline = time.monotonic() + 60
+        while in_flight < IN_FLIGHT and time.monotonic() < deadline:
+            in_flight = max(in_flight, len(calls))
+            time.sleep(0.01)
+        gate.set()
         for thread in threads:
             thread.join(120)
         elapsed = time.monotonic() - start
     finally:
+        gate.set()
         clients.cleanup()
         servers.cleanup()
     answered = [n for n, r in results.items() if isinstance(r, dict)]
     mixed = [n for n in answered if results[n]['echo'] != n]
     used = {results[n]['server'] for n in answered}
-    report('load: calls in flight at once (max)', state['max'],
+    report('load: calls in flight at once (max)', in_flight,
            limit='>= %d' % IN_FLIGHT)
     report('load: calls answered', len(answered), limit='%d' % IN_FLIGHT)
     report('load: replies matching another request', len(mixed), limit='0')
     report('load: servers that answered', len(used))
     report('load: time for %d calls' % IN_FLIGHT, round(elapsed, 2), 's')
-    assert state['max'] >= IN_FLIGHT
+    assert in_flight >= IN_FLIGHT
     assert len(answered) == IN_FLIGHT, [
         r for r in results.values() if not isinstance(r, dict)][:3]
     assert not mixed
@@ -156,15 +159,19 @@ def test_soak_mixed_traffic(rabbit_nodes, report):
     stop = threading.Event()
     counts = {'call': 0, 'cast': 0, 'fanout': 0, 'notify': 0, 'error': 0}
     try:
+        # calls on their own topic: casts queued ahead would delay them
         servers.server(topic, 'a')
-        servers.server(topic, 'b')
+        servers.server(topic + '-casts', 'b')
         servers.listener(topic)
         call = clients.client(topic, timeout=10)
+        cast = clients.client(topic + '-casts')
         utils.wait_ready(call, value=0)
         fanout = clients.client(topic, fanout=True)
         notifier = clients.notifier(topic)
 
         def traffic(kind, send):
+            # paced (1 ms apart) so that the consumers keep up: a soak
+            # measures this process over time, not a growing backlog
             n = 0
             while not stop.is_set():
                 n += 1
@@ -174,6 +181,7 @@ def test_soak_mixed_traffic(rabbit_nodes, report):
                 except Exception:
                     counts['error'] += 1
                     time.sleep(0.1)
+                time.sleep(0.001)
 
         def drain():
             while not stop.is_set():
@@ -185,10 +193,10 @@ def test_soak_mixed_traffic(rabbit_nodes, report):
             threading.Thread(target=traffic, args=(
                 'call', lambda n: call.call({}, 'echo', value=n))),
             threading.Thread(target=traffic, args=(
-                'cast', lambda n: call.cast({}, 'record', value=n))),
+                'cast', lambda n: cast.cast({}, 'record', value=n))),
             threading.Thread(target=traffic, args=(
                 'fanout', lambda n: (fanout.cast({}, 'fanned', value=n),
-                                     time.sleep(0.01)))),
+                                     time.sleep(0.009)))),
             threading.Thread(target=traffic, args=(
                 'notify', lambda n: notifier.info({}, 'soak', {'n': n}))),
             threading.Thread(target=drain)]
