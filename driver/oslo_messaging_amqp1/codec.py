@@ -26,6 +26,44 @@ class DecodeError(ValueError):
     """A message that is not a valid request, reply or notification."""
 
 
+class OutMessage:
+    """A message to send, kept as plain Python until the I/O thread.
+
+    proton is not thread-safe, and its Python binding releases the GIL in
+    C calls: a proton.Message made in a caller's thread while the I/O
+    thread runs proton leaked the message's memory (RSS grew by every
+    byte cast). Callers build this; :meth:`to_proton` runs on the I/O
+    thread.
+    """
+
+    __slots__ = ('body', 'id', 'correlation_id', 'reply_to', 'durable',
+                 'ttl', 'expiry_time')
+
+    def __init__(self, body=None, **fields) -> None:
+        self.body = body
+        self.id = self.correlation_id = self.reply_to = None
+        self.ttl = self.expiry_time = None
+        self.durable = False
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def to_proton(self) -> proton.Message:
+        """The proton.Message to send (I/O thread only)."""
+        message = proton.Message(body=self.body)
+        for name in ('id', 'correlation_id', 'reply_to', 'ttl',
+                     'expiry_time'):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(message, name, value)
+        if self.durable:
+            message.durable = True
+        return message
+
+    def encode(self) -> bytes:
+        """The message's bytes on the wire (for tests and tools)."""
+        return self.to_proton().encode()
+
+
 def _json_body(message: proton.Message) -> dict:
     body = message.body
     if isinstance(body, (bytes, memoryview, proton.Data)) or \
@@ -63,13 +101,13 @@ def unwrap(msg):
 
 def encode_request(ctxt: dict, msg: dict, use_envelope: bool = False,
                    call_monitor_timeout: float = None,
-                   timeout: float = None) -> proton.Message:
+                   timeout: float = None) -> OutMessage:
     """Build the message of a call, cast or notification."""
     data = {'request': envelope(msg) if use_envelope else msg,
             'context': ctxt}
     if call_monitor_timeout is not None:
         data['call_monitor_timeout'] = call_monitor_timeout
-    message = proton.Message(body=jsonutils.dumps(data))
+    message = OutMessage(jsonutils.dumps(data))
     if timeout:
         message.ttl = timeout
         message.expiry_time = time.time() + timeout
@@ -101,22 +139,18 @@ def new_message_id() -> str:
     return uuid.uuid4().hex
 
 
-def encode_reply(correlation_id, reply=None, failure=None) -> proton.Message:
+def encode_reply(correlation_id, reply=None, failure=None) -> OutMessage:
     """Build the reply to a call; failure is an exception or exc_info."""
     if failure is not None:
         data = {'failure': om_common.serialize_remote_exception(failure)}
     else:
         data = {'response': reply}
-    message = proton.Message(body=jsonutils.dumps(data))
-    message.correlation_id = correlation_id
-    return message
+    return OutMessage(jsonutils.dumps(data), correlation_id=correlation_id)
 
 
-def encode_heartbeat(correlation_id) -> proton.Message:
+def encode_heartbeat(correlation_id) -> OutMessage:
     """The call-monitor heartbeat: no body, just the correlation id."""
-    message = proton.Message()
-    message.correlation_id = correlation_id
-    return message
+    return OutMessage(correlation_id=correlation_id)
 
 
 def is_heartbeat(message: proton.Message) -> bool:

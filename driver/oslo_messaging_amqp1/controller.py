@@ -656,8 +656,23 @@ class Controller(pyngus.ConnectionEventHandler):
             self._socket_error(exc)
             return
         conn.output_written(count)
-        if self.drain_waiters and conn.has_output < _OUTPUT_LOW_WATER:
+        if self.drain_waiters and self._backlog() < _OUTPUT_LOW_WATER:
             self._release_drain_waiters()
+
+    def _backlog(self) -> int:
+        """Bytes sent but not yet on the wire.
+
+        The transport's pending output plus what proton keeps in the
+        sessions beyond the peer's incoming window.
+        """
+        total = self.conn.has_output
+        sessions = set()
+        for sender in self.senders.values():
+            pn_link = getattr(sender.link, '_pn_link', None)
+            if pn_link is not None and pn_link.session not in sessions:
+                sessions.add(pn_link.session)
+                total += pn_link.session.outgoing_bytes
+        return total
 
     def _release_drain_waiters(self) -> None:
         """Complete the pre-settled sends held back by a full buffer."""
@@ -791,11 +806,14 @@ class Controller(pyngus.ConnectionEventHandler):
             self.calls[task.message.id] = task
             if task.monitor and task.monitor_timer is None:
                 self.start_monitor(task)
+        message = task.message
+        if isinstance(message, codec.OutMessage):
+            message = message.to_proton()
         if task.presettled:
-            sender.link.send(task.message)
+            sender.link.send(message)
             task.sent = True
             if not task.is_call:
-                if self.conn.has_output > _OUTPUT_HIGH_WATER:
+                if self._backlog() > _OUTPUT_HIGH_WATER:
                     self.drain_waiters.append(task)
                 else:
                     task.finish()
@@ -805,7 +823,7 @@ class Controller(pyngus.ConnectionEventHandler):
             sender.inflight.discard(task)
             self._outcome(task, state, info)
         sender.inflight.add(task)
-        sender.link.send(task.message, outcome)
+        sender.link.send(message, outcome)
         task.sent = True
 
     def _outcome(self, task: SendTask, state, info) -> None:
