@@ -12,6 +12,7 @@
 
 """Settlement, delivery outcomes, retries and credit."""
 
+import functools
 import threading
 import time
 
@@ -272,3 +273,31 @@ def test_rpc_server_credit_bounds_unsettled_deliveries(messaging, broker,
         time.sleep(0.01)
     assert endpoint.calls == list(range(8))
     assert peak == credit
+
+
+# ---- send_window ------------------------------------------------------------
+
+BROKER_INFO = 'unicast.nova.notifications.info'
+
+
+@pytest.mark.parametrize('window', [100, 0])
+def test_send_window_notifications(messaging, broker, caplog, window):
+    """send_window: after the first, notifications return at once.
+
+    Once a target took a notification, the next ones return before their
+    outcome; a refusal is logged and the following one waits (and
+    raises). send_window = 0 waits for every outcome.
+    """
+    transport = messaging.notification_transport(broker, send_window=window)
+    send = functools.partial(transport._send_notification, notify_target(),
+                             {}, notification(), 2.0)
+    send()                                   # waits: the target is new
+    broker.outcome_override = lambda address, message: (
+        'rejected' if address == BROKER_INFO else None)
+    if window:
+        send()                               # windowed: no error here
+        assert broker.wait_for(lambda: [
+            r for r in caplog.records if r.levelname == 'ERROR' and
+            'Could not send the notification' in r.getMessage()])
+    with pytest.raises(om.MessageDeliveryFailure, match='rejected'):
+        send()                               # waits again, raises
