@@ -29,11 +29,9 @@ class DecodeError(ValueError):
 class OutMessage:
     """A message to send, kept as plain Python until the I/O thread.
 
-    proton is not thread-safe, and its Python binding releases the GIL in
-    C calls: a proton.Message made in a caller's thread while the I/O
-    thread runs proton leaked the message's memory (RSS grew by every
-    byte cast). Callers build this; :meth:`to_proton` runs on the I/O
-    thread.
+    proton is not thread-safe and its Python binding releases the GIL in
+    C calls, so proton objects are made and used on the I/O thread only:
+    callers build this, :meth:`to_proton` runs on the I/O thread.
     """
 
     __slots__ = ('body', 'id', 'correlation_id', 'reply_to', 'durable',
