@@ -307,7 +307,7 @@ def _rpc_setup(env):
     return t, ep, client, address
 
 
-def test_malformed_requests_to_rpc_server(env):
+def test_malformed_requests_to_rpc_server(env, report):
     _t, ep, client, address = _rpc_setup(env)
     cases = _drop_unsupported(env, malformed_requests())
     assert len(cases) >= 20
@@ -320,6 +320,10 @@ def test_malformed_requests_to_rpc_server(env):
     env.settle_lines(lines)
     for name, got in lines.items():
         assert 'malformed' in got[0], (name, got)
+    report('bad input (%s): kinds of malformed request sent to a server'
+           % env.kind, len(cases), limit='>= 20')
+    report('bad input (%s): each rejected with one log line; the next '
+           'call served' % env.kind, 'yes')
 
 
 def test_odd_but_valid_requests_are_served(env):
@@ -375,7 +379,7 @@ def test_call_shaped_requests_with_bad_reply_to(env):
     assert len(got) <= 1, got
 
 
-def test_malformed_notifications(env):
+def test_malformed_notifications(env, report):
     nt = env.transport(notify=True)
     notes = Notes()
     target = om.Target(topic=env.topic)
@@ -392,9 +396,11 @@ def test_malformed_notifications(env):
     notifier.info({}, 'ev', 'after')
     assert _wait(lambda: notes.seen == ['ready', 'after'])
     env.settle_lines(lines)
+    report('bad input (%s): malformed notifications to a listener; the '
+           'next one received' % env.kind, len(cases))
 
 
-def test_malformed_replies_during_a_call(env):
+def test_malformed_replies_during_a_call(env, report):
     t, ep, client, _address = _rpc_setup(env)
     result = {}
 
@@ -418,6 +424,8 @@ def test_malformed_replies_during_a_call(env):
     env.settle_lines(lines)
     for name, got in lines.items():
         assert 'Dropped a reply' in got[0], (name, got)
+    report('bad input (%s): malformed replies during a call, dropped; the '
+           'call completed' % env.kind, len(cases))
 
 
 @pytest.mark.parametrize('body', [
