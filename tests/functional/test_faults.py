@@ -36,6 +36,9 @@ tests assert the pass/fail conditions:
 """
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -44,6 +47,8 @@ import pytest
 
 from tests.functional import utils
 
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 NOTIFICATIONS = 10000
 CALL_TIMEOUT = 5
 RETRY_MAX = 4
@@ -345,20 +350,30 @@ def test_sasl_mechanisms_restricts_the_offer(rabbit_nodes, report):
     report('sasl_mechanisms = PLAIN', 'works')
 
 
-class _Blocked:
-    """An RPC endpoint that never returns until released."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.got = 0
-
+_STUCK_SERVER = r'''
+import sys, threading
+sys.path.insert(0, sys.argv[3])
+import oslo_messaging as om
+from tests.functional import utils
+taken = []
+class Stuck:
     def record(self, ctxt, value):
-        self.got += 1
-        self.release.wait(120)
+        taken.append(1)
+        threading.Event().wait(600)
+node = utils.Node(sys.argv[1])
+server = om.get_rpc_server(node.transport, node.target(sys.argv[2], 'stuck'),
+                           [Stuck()], executor='threading')
+server.start()
+sys.stdout.write('ready\n')
+sys.stdout.flush()
+for line in sys.stdin:
+    sys.stdout.write('%d\n' % len(taken))
+    sys.stdout.flush()
+'''
 
 
-def _rss_mb() -> float:
-    with open('/proc/self/status') as f:
+def _rss_mb(pid='self') -> float:
+    with open('/proc/%s/status' % pid) as f:
         for line in f:
             if line.startswith('VmRSS:'):
                 return int(line.split()[1]) / 1024.0
@@ -366,45 +381,46 @@ def _rss_mb() -> float:
 
 
 def test_server_that_never_acks_bounds_memory(rabbit_nodes, report):
+    """A stuck server (its own process): the client's RSS stays flat."""
     rabbit = rabbit_nodes.node()
     topic = utils.unique('noack')
-    server_node = utils.Node(rabbit.url)
+    server = subprocess.Popen(
+        [sys.executable, '-c', _STUCK_SERVER, rabbit.url, topic, REPO_DIR],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     client_node = utils.Node(rabbit.url)
-    endpoint = _Blocked()
     payload = 'x' * 65536
     batches, batch = 6, 500
-    rss = []
+    rss, server_rss = [], []
     try:
-        server = om.get_rpc_server(
-            server_node.transport, server_node.target(topic, 'stuck'),
-            [endpoint], executor='threading')
-        server.start()
-        server_node._running.append(server)
+        assert server.stdout.readline().strip() == 'ready'
         client = client_node.client(topic)
         client.cast({}, 'record', value='')
-        deadline = time.monotonic() + 10
-        while endpoint.got == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
         rss.append(_rss_mb())
         for _ in range(batches):
             for n in range(batch):
                 client.cast({}, 'record', value=payload)
             rss.append(_rss_mb())
-        taken = endpoint.got
+            server_rss.append(_rss_mb(server.pid))
+        server.stdin.write('?\n')
+        server.stdin.flush()
+        taken = int(server.stdout.readline())
     finally:
-        endpoint.release.set()
         client_node.cleanup()
-        server_node.cleanup()
+        server.kill()
+        server.wait()
     sent_mb = batches * batch * len(payload) / 1048576.0
     half = len(rss) // 2
     late = rss[-1] - rss[half]
     late_sent = (len(rss) - 1 - half) * batch * len(payload) / 1048576.0
     report('stuck server: MB of 64 KB casts sent, none consumed', int(sent_mb))
-    report('stuck server: RSS after each %d casts' % batch,
+    report('stuck server: client RSS after each %d casts' % batch,
            ' '.join('%d' % r for r in rss), 'MB')
-    report('stuck server: RSS growth over the second half (MB sent then)',
-           '%.1f (%d)' % (late, late_sent), 'MB', limit='< 1/4 of sent')
-    report('stuck server: deliveries taken by the server', taken,
+    report('stuck server: client RSS growth over the second half (MB sent '
+           'then)', '%.1f (%d)' % (late, late_sent), 'MB',
+           limit='< 1/4 of sent')
+    report('stuck server: its own RSS after each %d casts' % batch,
+           ' '.join('%d' % r for r in server_rss), 'MB')
+    report('stuck server: deliveries it started on', taken,
            limit='<= rpc_server_credit')
     # kept casts would grow RSS by what was sent; allocator noise is less
     assert late < late_sent / 4, rss
