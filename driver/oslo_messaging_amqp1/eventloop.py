@@ -35,6 +35,7 @@ def _original(name: str):
 
 
 _threading = _original('threading')
+_queue = _original('queue')
 _select = _original('select')
 _socket = _original('socket')
 _time = _original('time')
@@ -67,99 +68,132 @@ def _green_sleep(seconds: float) -> None:
     eventlet.sleep(seconds)
 
 
-class Waiter:
-    """A one-shot result passed from the I/O thread to a waiting caller."""
+def _green_poll(ready, timeout) -> bool:
+    """Poll ready() with green sleeps until true; False on timeout."""
+    deadline = None if timeout is None else now() + timeout
+    pause = 0.0005
+    while not ready():
+        if deadline is not None and now() >= deadline:
+            return False
+        _green_sleep(pause)
+        pause = min(pause * 2, 0.02)
+    return True
 
-    __slots__ = ('_event', '_value', '_error')
+
+class Waiter:
+    """A one-shot result passed from the I/O thread to a waiting caller.
+
+    A bare lock, held until the result is in, is the cheapest hand-off
+    between native threads: one C call on each side.
+    """
+
+    __slots__ = ('_lock', '_done', '_value', '_error')
 
     def __init__(self) -> None:
-        self._event = _threading.Event()
+        self._lock = _threading.Lock()
+        self._lock.acquire()
+        self._done = False
         self._value = None
         self._error = None
 
+    def _complete(self) -> None:
+        if not self._done:
+            self._done = True
+            self._lock.release()
+
     def set(self, value=None) -> None:
         """Complete with a value (I/O thread)."""
-        if not self._event.is_set():
+        if not self._done:
             self._value = value
-            self._event.set()
+            self._complete()
 
     def fail(self, error: BaseException) -> None:
         """Complete with an exception to raise in the caller (I/O thread)."""
-        if not self._event.is_set():
+        if not self._done:
             self._error = error
-            self._event.set()
+            self._complete()
 
     def done(self) -> bool:
         """True once set or failed."""
-        return self._event.is_set()
+        return self._done
 
     def wait(self, timeout: float = None):
         """Block until done; return the value or raise the error.
 
         Returns ``None`` with ``done()`` false on timeout.
         """
-        if green_caller():
-            deadline = None if timeout is None else now() + timeout
-            pause = 0.0005
-            while not self._event.is_set():
-                if deadline is not None and now() >= deadline:
+        if not self._done:
+            if green_caller():
+                if not _green_poll(self.done, timeout):
                     return None
-                _green_sleep(pause)
-                pause = min(pause * 2, 0.02)
-        elif not self._event.wait(timeout):
-            return None
+            elif self._lock.acquire(
+                    timeout=-1 if timeout is None else max(0.0, timeout)):
+                # open again for any other wait on this result
+                self._lock.release()
+            else:
+                return None
         if self._error is not None:
             raise self._error
         return self._value
 
 
+_CLOSED = object()  # Inbox: wakes a reader after close()
+
+
 class Inbox:
-    """A thread-safe FIFO filled by the I/O thread, drained by callers."""
+    """A thread-safe FIFO filled by the I/O thread, drained by callers.
+
+    The C ``SimpleQueue``: put and a native reader's wake-up cost one C
+    call each.
+    """
 
     def __init__(self) -> None:
-        self._items = collections.deque()
-        self._cond = _threading.Condition(_threading.Lock())
+        self._queue = _queue.SimpleQueue()
         self._closed = False
 
     def put(self, item) -> None:
         """Append an item and wake one reader."""
-        with self._cond:
-            self._items.append(item)
-            self._cond.notify()
+        self._queue.put(item)
 
     def close(self) -> None:
         """Wake every reader; get() returns None once drained."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._closed = True
+        self._queue.put(_CLOSED)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._queue.qsize()
+
+    def _next(self, block: bool, timeout: float = None):
+        """The next item that is not the close marker, or None."""
+        try:
+            item = self._queue.get(block, timeout)
+        except _queue.Empty:
+            return None
+        while item is _CLOSED:
+            try:
+                item = self._queue.get_nowait()
+            except _queue.Empty:
+                self._queue.put(_CLOSED)  # wakes the next reader too
+                return None
+        return item
 
     def get(self, timeout: float = None):
         """Return the oldest item, or None on timeout or when closed."""
-        deadline = None if timeout is None else now() + timeout
+        if self._closed:
+            return self._next(False)
         if green_caller():
-            pause = 0.0005
-            while True:
-                with self._cond:
-                    if self._items:
-                        return self._items.popleft()
-                    if self._closed:
-                        return None
-                if deadline is not None and now() >= deadline:
-                    return None
-                _green_sleep(pause)
-                pause = min(pause * 2, 0.02)
-        with self._cond:
-            while not self._items:
-                if self._closed:
-                    return None
-                left = None if deadline is None else deadline - now()
-                if left is not None and left <= 0:
-                    return None
-                self._cond.wait(left)
-            return self._items.popleft()
+            found = []
+
+            def ready():
+                item = self._next(False)
+                if item is not None:
+                    found.append(item)
+                return bool(found) or self._closed
+            if not _green_poll(ready, timeout):
+                return None
+            return found[0] if found else self._next(False)
+        return self._next(True, None if timeout is None
+                          else max(0.0, timeout))
 
 
 class Window:
@@ -177,15 +211,10 @@ class Window:
     def _wait_until(self, ready, timeout) -> bool:
         deadline = None if timeout is None else now() + timeout
         if green_caller():
-            pause = 0.0005
-            while True:
+            def locked_ready():
                 with self._cond:
-                    if ready():
-                        return True
-                if deadline is not None and now() >= deadline:
-                    return False
-                _green_sleep(pause)
-                pause = min(pause * 2, 0.02)
+                    return ready()
+            return _green_poll(locked_ready, timeout)
         with self._cond:
             while not ready():
                 left = None if deadline is None else deadline - now()
@@ -281,20 +310,32 @@ class IOLoop:
         self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        # a wake-up byte is on its way: later calls need not send one
+        self._wake_pending = False
         self._stopping = False
+        self._ident = None
         self._thread = _threading.Thread(target=self._run, name=name,
                                          daemon=True)
         self._thread.start()
+        self._ident = self._thread.ident
 
     # -- API for other threads -------------------------------------------
 
     def call_soon(self, fn, *args) -> None:
-        """Run fn(*args) on the I/O thread (thread-safe)."""
+        """Run fn(*args) on the I/O thread (thread-safe).
+
+        The loop runs every queued call before it next sleeps, so only the
+        first call since its last wake-up sends a byte to wake it, and none
+        from the I/O thread itself.
+        """
         self._calls.append((fn, args))
+        if self._wake_pending or _threading.get_ident() == self._ident:
+            return
+        self._wake_pending = True
         try:
             self._wake_w.send(b'x')
         except (BlockingIOError, InterruptedError):
-            pass  # a wake-up byte is already pending
+            pass  # the socket is full of wake-up bytes
         except OSError:
             LOG.debug('I/O loop already closed')
 
@@ -400,5 +441,8 @@ class IOLoop:
                         pass
                 except (BlockingIOError, InterruptedError):
                     pass
+                # after the drain: a call queued from now on sends a byte,
+                # one queued before it is run by the next _run_calls
+                self._wake_pending = False
             else:
                 item.io_read()
