@@ -17,6 +17,8 @@ from oslo_messaging._drivers import common as om_common
 from oslo_serialization import jsonutils
 import proton
 
+from oslo_messaging_amqp1 import wire
+
 VERSION_KEY = 'oslo.version'
 MESSAGE_KEY = 'oslo.message'
 ENVELOPE_VERSION = '2.0'
@@ -30,8 +32,9 @@ class OutMessage:
     """A message to send, kept as plain Python until the I/O thread.
 
     proton is not thread-safe and its Python binding releases the GIL in
-    C calls, so proton objects are made and used on the I/O thread only:
-    callers build this, :meth:`to_proton` runs on the I/O thread.
+    C calls, so proton objects are made and used on the I/O thread only.
+    pyngus sends what :meth:`encode` returns; :mod:`wire` writes the bytes
+    and proton's Message is only the fallback for what it does not handle.
     """
 
     __slots__ = ('body', 'id', 'correlation_id', 'reply_to', 'durable',
@@ -58,8 +61,23 @@ class OutMessage:
         return message
 
     def encode(self) -> bytes:
-        """The message's bytes on the wire (for tests and tools)."""
-        return self.to_proton().encode()
+        """The message's bytes on the wire."""
+        try:
+            return wire.encode(self.body, self.id, self.correlation_id,
+                               self.reply_to, self.durable, self.ttl,
+                               self.expiry_time)
+        except (wire.Unsupported, UnicodeError):
+            return bytes(self.to_proton().encode())
+
+
+def decode_message(data: bytes):
+    """A received message's bytes -> wire.InMessage or proton.Message."""
+    try:
+        return wire.decode(data)
+    except wire.Unsupported:
+        message = proton.Message()
+        message.decode(data)
+        return message
 
 
 def _json_body(message: proton.Message) -> dict:

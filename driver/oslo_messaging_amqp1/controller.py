@@ -24,6 +24,7 @@ Sender link lifecycle: DECLARING (RabbitMQ topology) -> ATTACHING -> ACTIVE
 lost). Receiver links follow the same path without the idle timeout.
 """
 
+import itertools
 import logging
 import os
 import socket
@@ -192,13 +193,35 @@ class _Sender:
 
 
 class _Receiver:
-    """pyngus receiver callbacks for one link of a Subscription."""
+    """pyngus receiver callbacks for one link of a Subscription.
 
-    def __init__(self, ctl, sub, route):
+    Credit given back by settled messages is owed to the peer until half
+    of the link's credit is: one flow frame per batch, not per message.
+    """
+
+    def __init__(self, ctl, sub, route, credit=1):
         self.ctl = ctl
         self.sub = sub
         self.route = route
         self.link = None
+        self.owed = 0
+        self.refill = max(1, credit // 2)
+
+    def attach(self, conn, address, source, credit) -> None:
+        """Create and open the link with credit (I/O thread)."""
+        name = 'receiver-%s' % uuid.uuid4().hex
+        self.link = conn.create_receiver(address, source,
+                                         event_handler=self, name=name)
+        _decode_in_python(self.link)
+        self.link.add_capacity(credit)
+        self.link.open()
+
+    def give_credit(self) -> None:
+        """One message is done with: flow once a batch is owed."""
+        self.owed += 1
+        if self.owed >= self.refill:
+            self.link.add_capacity(self.owed)
+            self.owed = 0
 
     def receiver_active(self, link) -> None:
         LOG.debug('Receiving from %s', link.source_address)
@@ -219,14 +242,14 @@ class _Receiver:
         self.ctl.drop_link(link)
 
     def message_received(self, link, message, handle) -> None:
-        self.sub.inbox.put((self, link, handle, message))
+        self.sub.inbox.put((self, handle, message))
 
 
 class _ReplyReceiver(_Receiver):
     """The receiver of replies and heartbeats to this process's calls."""
 
-    def __init__(self, ctl, route):
-        super().__init__(ctl, None, route)
+    def __init__(self, ctl, route, credit):
+        super().__init__(ctl, None, route, credit)
         self.address = None
 
     def receiver_active(self, link) -> None:
@@ -245,8 +268,39 @@ class _ReplyReceiver(_Receiver):
 
     def message_received(self, link, message, handle) -> None:
         link.message_accepted(handle)
-        link.add_capacity(1)
+        self.give_credit()
         self.ctl.reply_received(message)
+
+
+def _decode_in_python(link) -> None:
+    """Have pyngus hand this receiver's messages over as codec decodes them.
+
+    pyngus decodes every delivery with proton's Message; this replaces the
+    link's delivery step (pyngus 2.x) with one that uses
+    :func:`codec.decode_message`, keeping pyngus's handles and callbacks.
+    """
+    if not all(hasattr(link, name) for name in (
+            '_pn_link', '_handler', '_unsettled_deliveries',
+            '_callback_lock', '_process_delivery')):
+        return  # not the pyngus we know: it decodes as it always did
+    handles = itertools.count()
+
+    def process_delivery(pn_delivery):
+        if not pn_delivery.readable or pn_delivery.partial:
+            return
+        pn_link = link._pn_link
+        data = pn_link.recv(pn_delivery.pending)
+        message = codec.decode_message(data)
+        pn_link.advance()
+        handler = link._handler
+        if handler is None:
+            pn_delivery.settle()
+            return
+        handle = next(handles)
+        link._unsettled_deliveries[handle] = pn_delivery
+        with link._callback_lock:
+            handler.message_received(link, message, handle)
+    link._process_delivery = process_delivery
 
 
 def _condition_text(condition) -> str:
@@ -315,9 +369,13 @@ class Controller(pyngus.ConnectionEventHandler):
             # after shutdown the I/O thread no longer runs calls
             waiter.wait(10)
 
-    def settle(self, link, handle, outcome: str, credit: int = 1) -> None:
-        """Settle a received message (any thread)."""
-        self.loop.call_soon(self._settle, link, handle, outcome, credit)
+    def settle(self, rx, handle, outcome: str) -> None:
+        """Settle a message received on rx and give its credit back.
+
+        Any thread; outcome is accept, release, modify or the text of a
+        rejection.
+        """
+        self.loop.call_soon(self._settle, rx, handle, outcome)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Close everything and stop the I/O thread (any thread)."""
@@ -806,9 +864,8 @@ class Controller(pyngus.ConnectionEventHandler):
             self.calls[task.message.id] = task
             if task.monitor and task.monitor_timer is None:
                 self.start_monitor(task)
+        # pyngus sends what message.encode() returns (codec.OutMessage)
         message = task.message
-        if isinstance(message, codec.OutMessage):
-            message = message.to_proton()
         if task.presettled:
             sender.link.send(message)
             task.sent = True
@@ -940,7 +997,8 @@ class Controller(pyngus.ConnectionEventHandler):
         if self.reply is not None or self.state != ACTIVE:
             return
         route = self.addresser.reply_listen()
-        rx = _ReplyReceiver(self, route or addressing.Route(None))
+        credit = self.opts.reply_link_credit
+        rx = _ReplyReceiver(self, route or addressing.Route(None), credit)
         self.reply = rx
 
         def attach(error=None):
@@ -950,13 +1008,9 @@ class Controller(pyngus.ConnectionEventHandler):
                 LOG.error('Cannot set up the reply queue: %s', error)
                 self.reply_gone(error)
                 return
-            name = 'reply-%s' % uuid.uuid4().hex
             source = route.address if route else None
-            rx.link = self.conn.create_receiver(
-                source or self.container_id, source, event_handler=rx,
-                name=name)
-            rx.link.add_capacity(self.opts.reply_link_credit)
-            rx.link.open()
+            rx.attach(self.conn, source or self.container_id, source,
+                      credit)
         if route and route.declare and self.declarer is not None:
             self._declare(route.declare, attach)
         else:
@@ -1029,7 +1083,7 @@ class Controller(pyngus.ConnectionEventHandler):
             self._attach_receiver(sub, route)
 
     def _attach_receiver(self, sub, route) -> None:
-        rx = _Receiver(self, sub, route)
+        rx = _Receiver(self, sub, route, sub.credit)
         sub.links.append(rx)
 
         def attach(error=None):
@@ -1039,11 +1093,7 @@ class Controller(pyngus.ConnectionEventHandler):
                 LOG.error('Cannot subscribe to %s: %s', route.address, error)
                 self.receiver_gone(rx, error)
                 return
-            name = 'receiver-%s' % uuid.uuid4().hex
-            rx.link = self.conn.create_receiver(
-                route.address, route.address, event_handler=rx, name=name)
-            rx.link.add_capacity(sub.credit)
-            rx.link.open()
+            rx.attach(self.conn, route.address, route.address, sub.credit)
         if route.declare and self.declarer is not None:
             self._declare(route.declare, attach)
         else:
@@ -1074,7 +1124,8 @@ class Controller(pyngus.ConnectionEventHandler):
         sub.links = []
         waiter.set()
 
-    def _settle(self, link, handle, outcome: str, credit: int) -> None:
+    def _settle(self, rx, handle, outcome: str) -> None:
+        link = rx.link
         if link is None or link.closed or self.conn is None:
             return
         try:
@@ -1087,8 +1138,7 @@ class Controller(pyngus.ConnectionEventHandler):
             else:
                 link.message_rejected(handle, proton.Condition(
                     'amqp:decode-error', outcome))
-            if credit:
-                link.add_capacity(credit)
+            rx.give_credit()
         except Exception as exc:
             LOG.debug('cannot settle %s: %s', handle, exc)
 

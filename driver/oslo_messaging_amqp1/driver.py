@@ -30,19 +30,20 @@ _GRACE = 2.0
 class _Incoming(base.RpcIncomingMessage):
     """A request or notification received on one of our links."""
 
-    def __init__(self, listener, link, handle, ctxt, msg, message):
-        super().__init__(ctxt, msg, getattr(message, 'id', None))
+    def __init__(self, listener, rx, handle, ctxt, msg, message):
+        request_id = message.id
+        super().__init__(ctxt, msg, request_id)
         self._listener = listener
-        self._link = link
+        self._rx = rx
         self._handle = handle
         self._reply_to = message.reply_to
-        self._request_id = message.id
+        self._request_id = request_id
         self._settled = False
 
     def _settle(self, outcome: str) -> None:
         if not self._settled:
             self._settled = True
-            self._listener.ctl.settle(self._link, self._handle, outcome)
+            self._listener.ctl.settle(self._rx, self._handle, outcome)
 
     def acknowledge(self) -> None:
         """Accept the delivery."""
@@ -94,15 +95,15 @@ class ProtonListener(base.PollStyleListener):
             item = self.inbox.get(left)
             if item is None:
                 return None
-            _rx, link, handle, message = item
+            rx, handle, message = item
             try:
                 ctxt, msg, monitor = codec.decode_request(message)
             except codec.DecodeError as exc:
                 LOG.warning('Rejected a malformed message on %s: %s',
                             self.sub.label, exc)
-                self.ctl.settle(link, handle, 'malformed message: %s' % exc)
+                self.ctl.settle(rx, handle, 'malformed message: %s' % exc)
                 continue
-            incoming = _Incoming(self, link, handle, ctxt, msg, message)
+            incoming = _Incoming(self, rx, handle, ctxt, msg, message)
             if self.rpc and monitor:
                 incoming.client_timeout = monitor
             return incoming
@@ -118,7 +119,7 @@ class ProtonListener(base.PollStyleListener):
             item = self.inbox.get(0)
             if item is None:
                 break
-            self.ctl.settle(item[1], item[2], 'release')
+            self.ctl.settle(item[0], item[1], 'release')
 
 
 class ProtonDriver(base.BaseDriver):
