@@ -272,6 +272,18 @@ class _ReplyReceiver(_Receiver):
         self.ctl.reply_received(message)
 
 
+class _Encoded:
+    """A message's bytes, made at transmit time, as pyngus wants them."""
+
+    __slots__ = ('data',)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def encode(self) -> bytes:
+        return self.data
+
+
 def _decode_in_python(link) -> None:
     """Have pyngus hand this receiver's messages over as codec decodes them.
 
@@ -337,6 +349,7 @@ class Controller(pyngus.ConnectionEventHandler):
         self.last_error = None
         self.pending = []           # tasks waiting for the connection
         self.drain_waiters = []     # pre-settled sends until output drains
+        self.unwritten = 0          # bytes given to proton, not yet written
         self.senders = {}           # address -> _Sender
         self.subs = []              # Subscriptions
         self.calls = {}             # message id -> SendTask
@@ -542,6 +555,7 @@ class Controller(pyngus.ConnectionEventHandler):
     def _on_lost(self) -> None:
         # what was written is gone with the socket: at most once, as sent
         self._release_drain_waiters()
+        self.unwritten = 0
         self._discard_connection()
         self.addresser = None
         if self.declarer is not None:
@@ -714,16 +728,25 @@ class Controller(pyngus.ConnectionEventHandler):
             self._socket_error(exc)
             return
         conn.output_written(count)
+        if conn.has_output == 0:
+            # nothing pending: no frames hidden in proton either
+            self.unwritten = 0
+        else:
+            self.unwritten = max(0, self.unwritten - count)
         if self.drain_waiters and self._backlog() < _OUTPUT_LOW_WATER:
             self._release_drain_waiters()
 
     def _backlog(self) -> int:
         """Bytes sent but not yet on the wire.
 
-        The transport's pending output plus what proton keeps in the
-        sessions beyond the peer's incoming window.
+        The transport's pending output, what proton keeps in the sessions
+        beyond the peer's incoming window, and the bytes handed to proton
+        since its output was last empty: proton reports at most one frame
+        of pending output, while the frames it made of transfers a peer's
+        large window let through wait in a buffer of its own (1 GB after
+        6 s of 64 KB casts to RabbitMQ 3.10, before this was counted).
         """
-        total = self.conn.has_output
+        total = self.conn.has_output + self.unwritten
         sessions = set()
         for sender in self.senders.values():
             pn_link = getattr(sender.link, '_pn_link', None)
@@ -864,8 +887,9 @@ class Controller(pyngus.ConnectionEventHandler):
             self.calls[task.message.id] = task
             if task.monitor and task.monitor_timer is None:
                 self.start_monitor(task)
-        # pyngus sends what message.encode() returns (codec.OutMessage)
-        message = task.message
+        # pyngus sends what message.encode() returns
+        message = _Encoded(task.message.encode())
+        self.unwritten += len(message.data)
         if task.presettled:
             sender.link.send(message)
             task.sent = True

@@ -243,12 +243,13 @@ class ProtonDriver(base.BaseDriver):
             self._pre_settled, is_call=bool(wait_for_reply),
             monitor=call_monitor_timeout if wait_for_reply else None,
             label='%s %s to %s' % (kind, message.get('method'), target))
-        # casts always wait for the I/O thread: pre-settled sends that
-        # outran the socket made RSS grow by what was sent (1 GB for 5 s
-        # of 64 KB casts), and a cast's speed is its server's anyway
-        reply = self._run(task)
+        # a cast returns once handed over (see send_window); the
+        # controller holds pre-settled ones back while its output waits
         if not wait_for_reply:
+            self._run_windowed(task, ('cast', target.exchange, target.topic,
+                                      target.server, target.fanout))
             return None
+        reply = self._run(task)
         try:
             result, failure = codec.decode_reply(
                 reply, self._allowed_remote_exmods)
