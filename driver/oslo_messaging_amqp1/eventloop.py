@@ -68,14 +68,14 @@ def _green_sleep(seconds: float) -> None:
     eventlet.sleep(seconds)
 
 
-def _green_poll(ready, timeout) -> bool:
-    """Poll ready() with green sleeps until true; False on timeout."""
+def _green_poll(ready, timeout, sleep=_green_sleep) -> bool:
+    """Poll ready() with (green) sleeps until true; False on timeout."""
     deadline = None if timeout is None else now() + timeout
     pause = 0.0005
     while not ready():
         if deadline is not None and now() >= deadline:
             return False
-        _green_sleep(pause)
+        sleep(pause)
         pause = min(pause * 2, 0.02)
     return True
 
@@ -200,50 +200,51 @@ class Window:
     """A bound on sends handed to the I/O thread and not yet finished.
 
     Callers take a place with :meth:`acquire` (waiting while all ``size``
-    are taken), the I/O thread gives it back with :meth:`release`.
+    are taken), the I/O thread gives it back with :meth:`release`. The
+    places are tokens in a C ``SimpleQueue``: one C call each way.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._used = 0
-        self._cond = _threading.Condition(_threading.Lock())
+        self._places = _queue.SimpleQueue()
+        for _i in range(size):
+            self._places.put(None)
 
-    def _wait_until(self, ready, timeout) -> bool:
-        deadline = None if timeout is None else now() + timeout
-        if green_caller():
-            def locked_ready():
-                with self._cond:
-                    return ready()
-            return _green_poll(locked_ready, timeout)
-        with self._cond:
-            while not ready():
-                left = None if deadline is None else deadline - now()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
+    def _take(self) -> bool:
+        try:
+            self._places.get_nowait()
             return True
+        except _queue.Empty:
+            return False
 
     def acquire(self, timeout: float = None) -> bool:
         """Take a place; False when none freed up within timeout."""
-        while self._wait_until(lambda: self._used < self.size, timeout):
-            with self._cond:
-                if self._used < self.size:
-                    self._used += 1
-                    return True
-        return False
+        if green_caller():
+            return _green_poll(self._take, timeout)
+        try:
+            self._places.get(True, None if timeout is None
+                             else max(0.0, timeout))
+            return True
+        except _queue.Empty:
+            return False
 
     def release(self) -> None:
         """Give a place back (any thread)."""
-        with self._cond:
-            self._used -= 1
-            self._cond.notify_all()
+        self._places.put(None)
 
     def drain(self, timeout: float) -> bool:
-        """Wait until every place is back; False on timeout."""
-        return self._wait_until(lambda: self._used == 0, timeout)
+        """Wait until every place is back; False on timeout.
+
+        It polls: only flush() and cleanup wait for this.
+        """
+        def ready():
+            return self._places.qsize() >= self.size
+        if green_caller():
+            return _green_poll(ready, timeout)
+        return _green_poll(ready, timeout, _time.sleep)
 
     def __len__(self) -> int:
-        return self._used
+        return self.size - self._places.qsize()
 
 
 class Timer:
