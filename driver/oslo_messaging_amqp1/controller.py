@@ -202,6 +202,8 @@ class _Receiver:
     of the link's credit is: one flow frame per batch, not per message.
     """
 
+    kind = 'receiver'  # the link names' prefix
+
     def __init__(self, ctl, sub, route, credit=1):
         self.ctl = ctl
         self.sub = sub
@@ -212,7 +214,7 @@ class _Receiver:
 
     def attach(self, conn, address, source, credit) -> None:
         """Create and open the link with credit (I/O thread)."""
-        name = 'receiver-%s' % uuid.uuid4().hex
+        name = '%s-%s' % (self.kind, uuid.uuid4().hex)
         self.link = conn.create_receiver(address, source,
                                          event_handler=self, name=name)
         _decode_in_python(self.link)
@@ -250,6 +252,8 @@ class _Receiver:
 
 class _ReplyReceiver(_Receiver):
     """The receiver of replies and heartbeats to this process's calls."""
+
+    kind = 'reply'
 
     def __init__(self, ctl, route, credit):
         super().__init__(ctl, None, route, credit)
