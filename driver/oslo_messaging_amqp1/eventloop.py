@@ -239,9 +239,8 @@ class Window:
         """
         def ready():
             return self._places.qsize() >= self.size
-        if green_caller():
-            return _green_poll(ready, timeout)
-        return _green_poll(ready, timeout, _time.sleep)
+        return _green_poll(ready, timeout,
+                           _green_sleep if green_caller() else _time.sleep)
 
     def __len__(self) -> int:
         return self.size - self._places.qsize()
