@@ -387,6 +387,18 @@ class _Handover(proton.Handler):
 
 
 @_guard
+class _LateDetach(proton.Handler):
+    """Timer task: answer a consumer's detach (Peer.detach_delay)."""
+
+    def __init__(self, engine, link):
+        self.engine = engine
+        self.link = link
+
+    def on_timer_task(self, event):
+        self.engine._close_link(self.link)
+
+
+@_guard
 class _Listener(proton.Handler):
     """Accepts sockets (the reactor's Acceptor, plus the SASL hook)."""
 
@@ -666,6 +678,14 @@ class _Engine(proton.Handler):
 
     def on_link_remote_close(self, event):
         link = event.link
+        delay = self.peer.detach_delay
+        if delay and link.is_sender and link in self.links:
+            # still routing to the consumer until the timer fires
+            self.container.schedule(delay, _LateDetach(self, link))
+            return
+        self._close_link(link)
+
+    def _close_link(self, link):
         self._forget_link(link)
         if not link.state & proton.Endpoint.LOCAL_CLOSED:
             link.close()
@@ -993,6 +1013,8 @@ class Peer(object):
       without forwarding it (pre-settled ones are routed as usual).
     * ``outcome_override(address, message) -> None or outcome``: when not
       None, the message is answered with that outcome and not forwarded.
+    * ``detach_delay``: seconds a consumer's detach waits for its answer;
+      until then messages are still routed to that consumer.
 
     Outcomes seen by producers: the consumer's own (router, end to end);
     'released' when nobody consumes the address (router) or the message was
@@ -1025,6 +1047,7 @@ class Peer(object):
         self.refuse_attach = None
         self.release_all = False
         self.outcome_override = None
+        self.detach_delay = 0
         self._engine = None
         self._thread = None
         self._sock = None

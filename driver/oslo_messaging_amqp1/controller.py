@@ -63,6 +63,8 @@ _OUTPUT_LOW_WATER = 256 * 1024
 
 # Open 'product' of the peers that route and store nothing
 _ROUTER_PRODUCTS = ('qpid-dispatch-router', 'skupper-router')
+# how long unsubscribe waits for the peer to answer a detach
+_DETACH_WAIT = 2.0
 
 _CONN_TABLE = {
     (IDLE, 'start'): (CONNECTING, '_open'),
@@ -143,6 +145,14 @@ class Subscription:
         self.label = label
         self.links = []
         self.closed = False
+        self.detaching = set()  # receivers whose detach the peer owes
+        self.detached = None    # Waiter set once it has answered them all
+
+    def gone(self, rx) -> None:
+        """rx's detach was answered (or will never be): maybe all are."""
+        self.detaching.discard(rx)
+        if not self.detaching and self.detached is not None:
+            self.detached.set()
 
 
 class _Sender:
@@ -245,8 +255,14 @@ class _Receiver:
 
     def receiver_closed(self, link) -> None:
         self.ctl.drop_link(link)
+        if self.sub is not None:
+            self.sub.gone(self)
 
     def message_received(self, link, message, handle) -> None:
+        if self.sub.closed:
+            # sent before the peer saw our detach: it can go elsewhere
+            link.message_released(handle)
+            return
         self.sub.inbox.put((self, handle, message))
 
 
@@ -382,12 +398,16 @@ class Controller(pyngus.ConnectionEventHandler):
         self.loop.call_soon(self._add_sub, sub)
 
     def unsubscribe(self, sub: Subscription, wait: bool = True) -> None:
-        """Detach sub's links (any thread)."""
+        """Give back sub's unread messages and detach its links (any thread).
+
+        With wait, returns once the peer has answered the detaches (at most
+        ``_DETACH_WAIT`` seconds): a router then sends it nothing more.
+        """
         waiter = eventloop.Waiter()
         self.loop.call_soon(self._remove_sub, sub, waiter)
         if wait and self.state != CLOSED:
             # after shutdown the I/O thread no longer runs calls
-            waiter.wait(10)
+            waiter.wait(_DETACH_WAIT + 1)
 
     def peer_is_router(self) -> bool:
         """Is the peer a message router (it stores nothing)?"""
@@ -1153,11 +1173,24 @@ class Controller(pyngus.ConnectionEventHandler):
         sub.closed = True
         if sub in self.subs:
             self.subs.remove(sub)
+        # released before the detach, so that the peer may route them on
+        # (after it, a router reports them to their senders as failed)
+        while True:
+            item = sub.inbox.get(0)
+            if item is None:
+                break
+            self._settle(item[0], item[1], 'release')
+        sub.detached = waiter
         for rx in sub.links:
-            if rx.link is not None:
+            if rx.link is not None and not rx.link.closed:
+                sub.detaching.add(rx)
                 rx.link.close()
         sub.links = []
-        waiter.set()
+        if self.state != ACTIVE:
+            sub.detaching.clear()   # nobody will answer
+        sub.gone(None)
+        if sub.detaching:
+            self.loop.call_later(_DETACH_WAIT, waiter.set)
 
     def _settle(self, rx, handle, outcome: str) -> None:
         link = rx.link

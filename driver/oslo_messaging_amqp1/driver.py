@@ -115,11 +115,6 @@ class ProtonListener(base.PollStyleListener):
     def cleanup(self) -> None:
         """Detach the links; undelivered messages go back to the peer."""
         self.ctl.unsubscribe(self.sub)
-        while True:
-            item = self.inbox.get(0)
-            if item is None:
-                break
-            self.ctl.settle(item[0], item[1], 'release')
 
 
 class ProtonDriver(base.BaseDriver):

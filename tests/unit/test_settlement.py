@@ -301,3 +301,50 @@ def test_send_window_notifications(messaging, broker, caplog, window):
             'Could not send the notification' in r.getMessage()])
     with pytest.raises(om.MessageDeliveryFailure, match='rejected'):
         send()                               # waits again, raises
+
+
+# ---- a server leaving a shared topic ---------------------------------------
+
+def two_servers(messaging, peer):
+    """host1 and host2 serving the same topic, on separate transports.
+
+    Returns host1's server and transport and both endpoints.
+    """
+    transport = messaging.transport(peer)
+    first, ep1 = messaging.server(transport, server='host1')
+    _second, ep2 = messaging.server(messaging.transport(peer), server='host2')
+    helpers.wait_receivers(peer, TOPIC, SERVER)
+    assert peer.wait_for(lambda: helpers.receivers(peer, TOPIC) == 2)
+    return first, transport, ep1, ep2
+
+
+def test_stopped_server_has_detached(messaging, router):
+    """stop() and wait() return once the peer has answered the detach."""
+    router.detach_delay = 0.5
+    first, _transport, _ep1, ep2 = two_servers(messaging, router)
+    first.stop()
+    first.wait()
+    # a router now routes nothing more to host1
+    assert helpers.receivers(router, TOPIC) == 1
+    client = messaging.client(messaging.transport(router))
+    assert [client.call({}, 'echo', value=i) for i in range(6)] == list(
+        range(6))
+    assert ep2.calls == list(range(6))
+
+
+def test_calls_to_a_leaving_server_are_served_by_another(messaging, router):
+    """What reaches a server after its detach is released, not lost."""
+    router.detach_delay = 3.0
+    first, transport, ep1, ep2 = two_servers(messaging, router)
+    client = messaging.client(messaging.transport(router), timeout=10)
+    stopping = threading.Thread(target=lambda: (first.stop(), first.wait()))
+    stopping.start()
+    # host1 has sent its detaches; the router routes to it for 3 s more
+    ctl = transport._driver._ctl
+    assert router.wait_for(lambda: not ctl.subs, 5)
+    assert helpers.receivers(router, TOPIC) == 2
+    results = [client.call({}, 'echo', value=i) for i in range(8)]
+    stopping.join(10)
+    assert results == list(range(8))
+    assert ep1.calls == []
+    assert ep2.calls == list(range(8))
