@@ -154,6 +154,8 @@ class ProtonDriver(base.BaseDriver):
                     # the parent's outstanding sends are not this process's
                     if self._window is not None:
                         self._window = eventloop.Window(self._window.size)
+                    # nor has this one's connection sent to any target yet
+                    self._proven = set()
                 self._ctl = controller.Controller(
                     self.conf, self._url, self._default_exchange,
                     self._allowed_remote_exmods)

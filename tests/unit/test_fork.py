@@ -95,3 +95,55 @@ def test_transport_after_fork(messaging, router):
     assert exit_code == 0
     assert router.wait_for(lambda: router.connections() == [parent_conn])
     assert client.call({}, 'echo', value='parent-3') == 'parent-3'
+
+
+def _in_child(work, timeout=10):
+    """Run work() in a forked child; its result or error, as JSON."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:    # the child: never return into pytest
+        try:
+            os.close(read_fd)
+            try:
+                report = {'result': work()}
+            except Exception as exc:
+                report = {'error': type(exc).__name__, 'text': str(exc)}
+            os.write(write_fd, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    try:
+        return json.loads(_read(read_fd, timeout).decode())
+    finally:
+        os.close(read_fd)
+        _reap(pid, timeout)
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs os.fork')
+def test_child_first_cast_waits_for_its_outcome(messaging, router):
+    """A target the parent cast to is new to the child's connection.
+
+    The child's first cast to it waits for the outcome, so a refusal
+    raises there instead of being only logged.
+    """
+    transport = messaging.transport(router, pre_settled=['rpc-reply'],
+                                    send_window=64)
+    messaging.server(transport)
+    helpers.wait_receivers(router, TOPIC)
+    client = messaging.client(transport)
+    client.cast({}, 'echo', value='parent')     # proven in the parent
+    client.cast({}, 'echo', value='parent')     # windowed
+    assert transport._driver.flush(5)
+    router.outcome_override = (
+        lambda address, message: 'rejected' if address == TOPIC else None)
+
+    def child_cast():
+        # connected: only the target decides whether the cast waits
+        direct = messaging.client(transport, server='host1')
+        assert direct.call({}, 'echo', value='child') == 'child'
+        client.cast({}, 'echo', value='child')
+        transport._driver.flush(5)
+        return 'returned'
+    report = _in_child(child_cast)
+    assert report.get('error') == 'MessageDeliveryFailure', report
+    assert 'rejected' in report['text']
