@@ -23,10 +23,9 @@ deletes them over AMQP 0-9-1 when the session ends: declarations made by
 the 3.x declarer on the broker that got them, those made through 4.x's
 ``/management`` on the RabbitMQ URLs of the environment
 (``AMQP1_TEST_RABBIT_URL``, ``RPC_TRANSPORT_URL``,
-``NOTIFY_TRANSPORT_URL``).  ``tests/functional/conftest.py`` loads it; for
-oslo.messaging's own suite, ``tools/run-tests`` passes
-``-p tests.rabbit_cleanup``; a test's child process calls :func:`start`
-and :func:`finish` itself.
+``NOTIFY_TRANSPORT_URL``).  ``tools/run-tests`` (functional and oslo
+steps) and ``tools/fault-report`` load it with ``-p tests.rabbit_cleanup``;
+a test's child process calls :func:`start` and :func:`finish` itself.
 """
 
 import logging

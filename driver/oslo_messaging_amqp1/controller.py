@@ -261,7 +261,10 @@ class _Receiver:
     def message_received(self, link, message, handle) -> None:
         if self.sub.closed:
             # sent before the peer saw our detach: it can go elsewhere
-            link.message_released(handle)
+            try:
+                link.message_released(handle)
+            except Exception as exc:
+                LOG.debug('cannot release %s: %s', handle, exc)
             return
         self.sub.inbox.put((self, handle, message))
 
