@@ -61,8 +61,6 @@ _SASL_OUTCOMES = {proton.SASL.AUTH: 'credentials refused',
 _OUTPUT_HIGH_WATER = 1024 * 1024
 _OUTPUT_LOW_WATER = 256 * 1024
 
-# Open 'product' of the peers that route and store nothing
-_ROUTER_PRODUCTS = ('qpid-dispatch-router', 'skupper-router')
 # how long unsubscribe waits for the peer to answer a detach
 _DETACH_WAIT = 2.0
 
@@ -411,10 +409,6 @@ class Controller(pyngus.ConnectionEventHandler):
         if wait and self.state != CLOSED:
             # after shutdown the I/O thread no longer runs calls
             waiter.wait(_DETACH_WAIT + 1)
-
-    def peer_is_router(self) -> bool:
-        """Is the peer a message router (it stores nothing)?"""
-        return self.product in _ROUTER_PRODUCTS
 
     def settle(self, rx, handle, outcome: str) -> None:
         """Settle a message received on rx and give its credit back.

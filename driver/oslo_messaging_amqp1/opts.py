@@ -130,16 +130,17 @@ amqp1_opts = [
                          'notify.'),
     # not an option of the former driver (it always waited)
     cfg.IntOpt('send_window', default=100, min=0,
-               help='Casts, notifications and RPC replies one transport '
-                    'may have handed to the I/O thread before they are '
-                    'written (pre-settled) or their outcome is known; the '
-                    'caller returns at once while the window has room (a '
-                    'notification not yet accepted is resent after a '
-                    'reconnect, a failure is logged at ERROR). The first '
-                    'send to a target, and every one while the bus is '
-                    'down, still waits; so does a pre-settled send while '
-                    'more than 1 MB is not yet on the wire. 0: every send '
-                    'waits, as the former driver did.'),
+               help='Notifications, RPC replies and unsettled casts one '
+                    'transport may have handed to the I/O thread before '
+                    'their outcome is known (or a pre-settled reply is '
+                    'written); the caller returns at once while the window '
+                    'has room (a notification not yet accepted is resent '
+                    'after a reconnect, a failure is logged at ERROR). The '
+                    'first send to a target, and every one while the bus '
+                    'is down, still waits. A pre-settled cast always waits '
+                    'to be written, and while more than 1 MB is not yet on '
+                    'the wire: nothing from the peer paces it. 0: every '
+                    'send waits, as the former driver did.'),
 ]
 
 
