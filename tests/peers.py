@@ -371,31 +371,15 @@ class _SaslServer(proton.Handler):
 
 
 @_guard
-class _Handover(proton.Handler):
-    """Timer task: give an authenticated socket to a proton transport."""
+class _Later(proton.Handler):
+    """Timer task: run fn(*args) on the peer's thread."""
 
-    def __init__(self, engine, sasl):
-        self.engine = engine
-        self.sasl = sasl
-
-    def on_timer_task(self, event):
-        s = self.sasl.selectable
-        if s.is_terminal:
-            return
-        self.engine._attach_transport(s, self.sasl.peer_address,
-                                      self.sasl.inbuf, self.sasl.user)
-
-
-@_guard
-class _LateDetach(proton.Handler):
-    """Timer task: answer a consumer's detach (Peer.detach_delay)."""
-
-    def __init__(self, engine, link):
-        self.engine = engine
-        self.link = link
+    def __init__(self, fn, *args):
+        self.fn = fn
+        self.args = args
 
     def on_timer_task(self, event):
-        self.engine._close_link(self.link)
+        self.fn(*self.args)
 
 
 @_guard
@@ -499,7 +483,14 @@ class _Engine(proton.Handler):
         # event again from the transport's socket.
         s.reading = s.writing = False
         s.update()
-        self.container.schedule(0, _Handover(self, sasl))
+        self.container.schedule(0, _Later(self._hand_over, sasl))
+
+    def _hand_over(self, sasl):
+        """Give an authenticated socket to a proton transport."""
+        s = sasl.selectable
+        if not s.is_terminal:
+            self._attach_transport(s, sasl.peer_address, sasl.inbuf,
+                                   sasl.user)
 
     def _attach_transport(self, s, name, data, user):
         conn = self.container.connection(self)
@@ -681,7 +672,7 @@ class _Engine(proton.Handler):
         delay = self.peer.detach_delay
         if delay and link.is_sender and link in self.links:
             # still routing to the consumer until the timer fires
-            self.container.schedule(delay, _LateDetach(self, link))
+            self.container.schedule(delay, _Later(self._close_link, link))
             return
         self._close_link(link)
 

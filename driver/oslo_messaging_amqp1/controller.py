@@ -147,7 +147,7 @@ class Subscription:
         self.detached = None    # Waiter set once it has answered them all
 
     def gone(self, rx) -> None:
-        """rx's detach was answered (or will never be): maybe all are."""
+        """rx's detach was answered: the waiter fires once all are."""
         self.detaching.discard(rx)
         if not self.detaching and self.detached is not None:
             self.detached.set()
@@ -256,13 +256,17 @@ class _Receiver:
         if self.sub is not None:
             self.sub.gone(self)
 
+    def release(self, handle) -> None:
+        """Give a delivery back unread, with no new credit (detaching)."""
+        try:
+            self.link.message_released(handle)
+        except Exception as exc:
+            LOG.debug('cannot release %s: %s', handle, exc)
+
     def message_received(self, link, message, handle) -> None:
         if self.sub.closed:
             # sent before the peer saw our detach: it can go elsewhere
-            try:
-                link.message_released(handle)
-            except Exception as exc:
-                LOG.debug('cannot release %s: %s', handle, exc)
+            self.release(handle)
             return
         self.sub.inbox.put((self, handle, message))
 
@@ -1176,7 +1180,7 @@ class Controller(pyngus.ConnectionEventHandler):
             item = sub.inbox.get(0)
             if item is None:
                 break
-            self._settle(item[0], item[1], 'release')
+            item[0].release(item[1])
         sub.detached = waiter
         for rx in sub.links:
             if rx.link is not None and not rx.link.closed:
@@ -1185,9 +1189,10 @@ class Controller(pyngus.ConnectionEventHandler):
         sub.links = []
         if self.state != ACTIVE:
             sub.detaching.clear()   # nobody will answer
-        sub.gone(None)
         if sub.detaching:
             self.loop.call_later(_DETACH_WAIT, waiter.set)
+        else:
+            waiter.set()
 
     def _settle(self, rx, handle, outcome: str) -> None:
         link = rx.link
