@@ -41,6 +41,8 @@ mode_of() {
     [ "$AMQP1_NOTIFY_PORT" = 45672 ]
     [ "$AMQP1_USERNAME" = stackrabbit ]
     [ "$AMQP1_PASSWORD" = "" ]
+    [ "$AMQP1_ANONYMOUS" = False ]
+    [ "$AMQP1_ROUTER_THREADS" = 4 ]
     [ "$AMQP1_ROUTER" = qdrouterd ]
     [ "$AMQP1_DIR" = "$PLUGIN_DIR" ]
     [ "$AMQP1_LOG_DIR" = "$LOGDIR" ]
@@ -92,7 +94,8 @@ mode_of() {
     is_service_enabled amqp1-qpidd
 }
 
-@test "qpidd.conf: address patterns, port, anonymous, log under LOGDIR" {
+@test "qpidd.conf: address patterns, port, anonymous when asked, log under LOGDIR" {
+    AMQP1_ANONYMOUS=True
     AMQP1_QPIDD_BIN=$(stub_fake_binary qpidd-1.39)
     stub_load_plugin qpid
     stub_phase stack install
@@ -128,6 +131,34 @@ mode_of() {
     grep -qx "install_package libsasl2-modules" "$STUB_LOG"
 }
 
+@test "qpidd by default: SASL PLAIN as DevStack's user, service amqp, no connection limit" {
+    AMQP1_QPIDD_BIN=$(stub_fake_binary qpidd)
+    stub_load_plugin qpid
+    stub_phase stack install
+    local conf=$AMQP1_CONF_DIR/qpidd.conf
+    grep -qx "auth=yes" "$conf"
+    grep -qx "sasl-service-name=amqp" "$conf"
+    grep -qx "max-connections=0" "$conf"
+    grep -qx "mech_list: PLAIN" "$AMQP1_CONF_DIR/sasl2/qpidd.conf"
+    ! grep -q ANONYMOUS "$AMQP1_CONF_DIR/sasl2/qpidd.conf"
+    grep -qx "saslpasswd2 -c -p -f $AMQP1_CONF_DIR/sasl2/qpidd.sasldb -u QPID stackrabbit (password: rabbitpw)" "$STUB_LOG"
+}
+
+@test "router by default: authenticatePeer with PLAIN as DevStack's user, worker threads" {
+    AMQP1_QDROUTERD_BIN=$(stub_fake_binary qdrouterd)
+    AMQP1_QPIDD_BIN=$(stub_fake_binary qpidd)
+    AMQP1_ROUTER_THREADS=8
+    stub_load_plugin qpid-dual
+    stub_phase stack install
+    local conf=$AMQP1_CONF_DIR/qdrouterd.conf
+    grep -qE "^ +authenticatePeer: yes$" "$conf"
+    grep -qE "^ +saslMechanisms: PLAIN$" "$conf"
+    grep -qE "^ +workerThreads: 8$" "$conf"
+    grep -qx "mech_list: PLAIN" "$AMQP1_CONF_DIR/sasl2/amqp1-router.conf"
+    grep -qx "saslpasswd2 -c -p -f $AMQP1_CONF_DIR/sasl2/router.sasldb stackrabbit (password: rabbitpw)" "$STUB_LOG"
+    grep -qx "auth=yes" "$AMQP1_CONF_DIR/qpidd.conf"
+}
+
 @test "qpid-dual: router on 5672 and qpidd on 45672" {
     AMQP1_QDROUTERD_BIN=$(stub_fake_binary qdrouterd)
     AMQP1_QPIDD_BIN=$(stub_fake_binary qpidd)
@@ -160,7 +191,8 @@ exclusive closest
 broadcast multicast" ]
 }
 
-@test "router config: listener, anonymous SASL, attributes both routers accept" {
+@test "router config: listener, anonymous SASL when asked, attributes both routers accept" {
+    AMQP1_ANONYMOUS=True
     AMQP1_QDROUTERD_BIN=$(stub_fake_binary qdrouterd)
     stub_load_plugin qpid-hybrid
     stub_phase stack install
@@ -171,6 +203,7 @@ broadcast multicast" ]
     grep -qE "^ +saslMechanisms: ANONYMOUS$" "$conf"
     grep -qE "^ +saslConfigDir: $AMQP1_CONF_DIR/sasl2$" "$conf"
     grep -qE "^ +saslConfigName: amqp1-router$" "$conf"
+    grep -qE "^ +workerThreads: 4$" "$conf"
     grep -qE "^ +outputFile: $LOGDIR/qdrouterd.log$" "$conf"
     # none of qdrouterd's deprecated aliases
     ! grep -qE "^ +(addr|saslConfigPath|output):" "$conf"

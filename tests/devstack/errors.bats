@@ -116,12 +116,40 @@ setup() {
 }
 
 @test "a password without a username is refused" {
+    AMQP1_ANONYMOUS=True
     AMQP1_PASSWORD=secret
     AMQP1_QPIDD_BIN=$(stub_fake_binary qpidd)
     stub_load_plugin qpid
     run stub_phase stack pre-install
     [ "$status" -ne 0 ]
     [[ $output == *"set AMQP1_USERNAME too"* ]]
+}
+
+@test "AMQP1_ANONYMOUS=True with a user is refused, naming both" {
+    AMQP1_ANONYMOUS=True
+    AMQP1_USERNAME=amqp AMQP1_PASSWORD=secret
+    AMQP1_QPIDD_BIN=$(stub_fake_binary qpidd)
+    stub_load_plugin qpid
+    run stub_phase stack pre-install
+    [ "$status" -ne 0 ]
+    [[ $output == *"AMQP1_ANONYMOUS=True but AMQP1_USERNAME=amqp is set: unset one of them"* ]]
+}
+
+@test "AMQP1_ANONYMOUS other than True/False is refused" {
+    AMQP1_ANONYMOUS=yes
+    AMQP1_QPIDD_BIN=$(stub_fake_binary qpidd)
+    stub_load_plugin qpid
+    run stub_phase stack pre-install
+    [ "$status" -ne 0 ]
+    [[ $output == *"AMQP1_ANONYMOUS=yes: set it to True or False"* ]]
+}
+
+@test "AMQP1_ANONYMOUS=True in rabbit mode is refused" {
+    AMQP1_ANONYMOUS=True
+    stub_load_plugin rabbit
+    run stub_phase stack pre-install
+    [ "$status" -ne 0 ]
+    [[ $output == *"RabbitMQ has no anonymous AMQP 1.0 access here: unset AMQP1_ANONYMOUS"* ]]
 }
 
 @test "rabbit mode with DevStack's rabbit disabled asks to enable it" {

@@ -70,13 +70,13 @@ devstack_callers() {
     [ "$(get_transport_url)" = "amqp://stackrabbit:rabbitpw@bus.example:5673/" ]
 }
 
-@test "qpid: qpidd for both, anonymous by default, legacy addressing option" {
+@test "qpid: qpidd for both, DevStack's credentials by default, legacy addressing option" {
     stub_load_plugin qpid
     devstack_callers
-    grep -qx "iniset /etc/keystone/keystone.conf oslo_messaging_notifications transport_url amqp://192.0.2.10:5672/" "$STUB_LOG"
-    grep -qx "iniset /etc/nova/nova.conf DEFAULT transport_url amqp://192.0.2.10:5672/" "$STUB_LOG"
-    grep -qx "iniset /etc/nova/nova_cell1.conf DEFAULT transport_url amqp://192.0.2.10:5672/nova_cell1" "$STUB_LOG"
-    grep -qx "iniset /etc/swift/proxy-server.conf filter:ceilometer url amqp://192.0.2.10:5672/" "$STUB_LOG"
+    grep -qx "iniset /etc/keystone/keystone.conf oslo_messaging_notifications transport_url amqp://stackrabbit:rabbitpw@192.0.2.10:5672/" "$STUB_LOG"
+    grep -qx "iniset /etc/nova/nova.conf DEFAULT transport_url amqp://stackrabbit:rabbitpw@192.0.2.10:5672/" "$STUB_LOG"
+    grep -qx "iniset /etc/nova/nova_cell1.conf DEFAULT transport_url amqp://stackrabbit:rabbitpw@192.0.2.10:5672/nova_cell1" "$STUB_LOG"
+    grep -qx "iniset /etc/swift/proxy-server.conf filter:ceilometer url amqp://stackrabbit:rabbitpw@192.0.2.10:5672/" "$STUB_LOG"
     grep -qx "iniset /etc/nova/nova.conf oslo_messaging_amqp addressing_mode legacy" "$STUB_LOG"
     grep -qx "iniset /etc/keystone/keystone.conf oslo_messaging_amqp addressing_mode legacy" "$STUB_LOG"
 }
@@ -91,15 +91,15 @@ devstack_callers() {
 @test "qpid-dual: router for RPC, qpidd on the notify port for notifications" {
     stub_load_plugin qpid-dual
     devstack_callers
-    [ "$(get_transport_url)" = "amqp://192.0.2.10:5672/" ]
-    [ "$(get_notification_url)" = "amqp://192.0.2.10:45672/" ]
-    grep -qx "iniset /etc/keystone/keystone.conf oslo_messaging_notifications transport_url amqp://192.0.2.10:45672/" "$STUB_LOG"
-    grep -qx "iniset /etc/nova/nova.conf DEFAULT transport_url amqp://192.0.2.10:5672/" "$STUB_LOG"
-    grep -qx "iniset /etc/nova/nova_cell1.conf DEFAULT transport_url amqp://192.0.2.10:5672/nova_cell1" "$STUB_LOG"
-    grep -qx "iniset /etc/swift/proxy-server.conf filter:ceilometer url amqp://192.0.2.10:45672/" "$STUB_LOG"
+    [ "$(get_transport_url)" = "amqp://stackrabbit:rabbitpw@192.0.2.10:5672/" ]
+    [ "$(get_notification_url)" = "amqp://stackrabbit:rabbitpw@192.0.2.10:45672/" ]
+    grep -qx "iniset /etc/keystone/keystone.conf oslo_messaging_notifications transport_url amqp://stackrabbit:rabbitpw@192.0.2.10:45672/" "$STUB_LOG"
+    grep -qx "iniset /etc/nova/nova.conf DEFAULT transport_url amqp://stackrabbit:rabbitpw@192.0.2.10:5672/" "$STUB_LOG"
+    grep -qx "iniset /etc/nova/nova_cell1.conf DEFAULT transport_url amqp://stackrabbit:rabbitpw@192.0.2.10:5672/nova_cell1" "$STUB_LOG"
+    grep -qx "iniset /etc/swift/proxy-server.conf filter:ceilometer url amqp://stackrabbit:rabbitpw@192.0.2.10:45672/" "$STUB_LOG"
     # services that only call iniset_rpc_backend still notify to qpidd
-    grep -qx "iniset /etc/cinder/cinder.conf oslo_messaging_notifications transport_url amqp://192.0.2.10:45672/" "$STUB_LOG"
-    grep -qx "iniset /etc/nova/nova_cell1.conf oslo_messaging_notifications transport_url amqp://192.0.2.10:45672/" "$STUB_LOG"
+    grep -qx "iniset /etc/cinder/cinder.conf oslo_messaging_notifications transport_url amqp://stackrabbit:rabbitpw@192.0.2.10:45672/" "$STUB_LOG"
+    grep -qx "iniset /etc/nova/nova_cell1.conf oslo_messaging_notifications transport_url amqp://stackrabbit:rabbitpw@192.0.2.10:45672/" "$STUB_LOG"
     # dynamic addressing: no option
     [ -z "$(stub_calls oslo_messaging_amqp)" ]
 }
@@ -107,18 +107,18 @@ devstack_callers() {
 @test "qpid-dual: the old AMQP1_NOTIFY_PORT moves qpidd" {
     AMQP1_NOTIFY_PORT=5673
     stub_load_plugin qpid-dual
-    [ "$(get_notification_url)" = "amqp://192.0.2.10:5673/" ]
+    [ "$(get_notification_url)" = "amqp://stackrabbit:rabbitpw@192.0.2.10:5673/" ]
 }
 
 @test "qpid-hybrid: router for RPC (45672), rabbit:// to DevStack's RabbitMQ for notifications" {
     stub_load_plugin qpid-hybrid
     devstack_callers
-    [ "$(get_transport_url)" = "amqp://192.0.2.10:45672/" ]
+    [ "$(get_transport_url)" = "amqp://stackrabbit:rabbitpw@192.0.2.10:45672/" ]
     [ "$(get_notification_url)" = "rabbit://stackrabbit:rabbitpw@192.0.2.10:5672/" ]
     grep -qx "iniset /etc/keystone/keystone.conf oslo_messaging_notifications transport_url rabbit://stackrabbit:rabbitpw@192.0.2.10:5672/" "$STUB_LOG"
     grep -qx "iniset /etc/nova/nova.conf oslo_messaging_notifications transport_url rabbit://stackrabbit:rabbitpw@192.0.2.10:5672/" "$STUB_LOG"
-    grep -qx "iniset /etc/nova/nova.conf DEFAULT transport_url amqp://192.0.2.10:45672/" "$STUB_LOG"
-    grep -qx "iniset /etc/nova/nova_cell1.conf DEFAULT transport_url amqp://192.0.2.10:45672/nova_cell1" "$STUB_LOG"
+    grep -qx "iniset /etc/nova/nova.conf DEFAULT transport_url amqp://stackrabbit:rabbitpw@192.0.2.10:45672/" "$STUB_LOG"
+    grep -qx "iniset /etc/nova/nova_cell1.conf DEFAULT transport_url amqp://stackrabbit:rabbitpw@192.0.2.10:45672/nova_cell1" "$STUB_LOG"
     grep -qx "iniset /etc/swift/proxy-server.conf filter:ceilometer url rabbit://stackrabbit:rabbitpw@192.0.2.10:5672/" "$STUB_LOG"
     grep -qx "iniset /etc/cinder/cinder.conf oslo_messaging_notifications transport_url rabbit://stackrabbit:rabbitpw@192.0.2.10:5672/" "$STUB_LOG"
 }
