@@ -60,6 +60,7 @@ mode_of() {
     grep -qx "rabbitmqctl add_user stackrabbit rabbitpw" "$STUB_LOG"
     grep -qx "rabbitmqctl set_permissions -p / stackrabbit .\* .\* .\*" "$STUB_LOG"
     grep -qx "port-probe 127.0.0.1 5672" "$STUB_LOG"
+    grep -qx "rabbitmqctl -q eval application:set_env(rabbitmq_amqp1_0, default_user, none), application:set_env(rabbit, anonymous_login_user, none)." "$STUB_LOG"
     [ -z "$(stub_calls '^(install_package|run_process)')" ]
 }
 
