@@ -24,7 +24,6 @@ Sender link lifecycle: DECLARING (RabbitMQ topology) -> ATTACHING -> ACTIVE
 lost). Receiver links follow the same path without the idle timeout.
 """
 
-import itertools
 import logging
 import os
 import socket
@@ -38,6 +37,7 @@ import pyngus
 from oslo_messaging_amqp1 import addressing
 from oslo_messaging_amqp1 import codec
 from oslo_messaging_amqp1 import eventloop
+from oslo_messaging_amqp1 import pyngus_compat
 from oslo_messaging_amqp1 import topology
 
 LOG = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class _Receiver:
         name = '%s-%s' % (self.kind, uuid.uuid4().hex)
         self.link = conn.create_receiver(address, source,
                                          event_handler=self, name=name)
-        _decode_in_python(self.link)
+        pyngus_compat.decode_in_python(self.link)
         self.link.add_capacity(credit)
         self.link.open()
 
@@ -312,37 +312,6 @@ class _Encoded:
         return self.data
 
 
-def _decode_in_python(link) -> None:
-    """Have pyngus hand this receiver's messages over as codec decodes them.
-
-    pyngus decodes every delivery with proton's Message; this replaces the
-    link's delivery step (pyngus 2.x) with one that uses
-    :func:`codec.decode_message`, keeping pyngus's handles and callbacks.
-    """
-    if not all(hasattr(link, name) for name in (
-            '_pn_link', '_handler', '_unsettled_deliveries',
-            '_callback_lock', '_process_delivery')):
-        return  # not the pyngus we know: it decodes as it always did
-    handles = itertools.count()
-
-    def process_delivery(pn_delivery):
-        if not pn_delivery.readable or pn_delivery.partial:
-            return
-        pn_link = link._pn_link
-        data = pn_link.recv(pn_delivery.pending)
-        message = codec.decode_message(data)
-        pn_link.advance()
-        handler = link._handler
-        if handler is None:
-            pn_delivery.settle()
-            return
-        handle = next(handles)
-        link._unsettled_deliveries[handle] = pn_delivery
-        with link._callback_lock:
-            handler.message_received(link, message, handle)
-    link._process_delivery = process_delivery
-
-
 def _condition_text(condition) -> str:
     if condition is None:
         return 'no reason given'
@@ -354,6 +323,7 @@ class Controller(pyngus.ConnectionEventHandler):
 
     def __init__(self, conf, url, default_exchange=None,
                  allowed_remote_exmods=None) -> None:
+        pyngus_compat.install()
         self.conf = conf
         self.opts = conf.oslo_messaging_amqp
         self.hosts = [Host(h.hostname, h.port, h.username, h.password)
@@ -781,7 +751,7 @@ class Controller(pyngus.ConnectionEventHandler):
         total = self.conn.has_output + self.unwritten
         sessions = set()
         for sender in self.senders.values():
-            pn_link = getattr(sender.link, '_pn_link', None)
+            pn_link = pyngus_compat.pn_link(sender.link)
             if pn_link is not None and pn_link.session not in sessions:
                 sessions.add(pn_link.session)
                 total += pn_link.session.outgoing_bytes

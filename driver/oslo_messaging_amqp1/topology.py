@@ -24,6 +24,7 @@ import proton
 
 from oslo_messaging_amqp1 import addressing
 from oslo_messaging_amqp1 import eventloop
+from oslo_messaging_amqp1 import pyngus_compat
 
 LOG = logging.getLogger(__name__)
 MANAGEMENT_NODE = '/management'
@@ -54,10 +55,12 @@ class ManagementDeclarer:
         self._sender = connection.create_sender(
             '', MANAGEMENT_NODE, event_handler=self, name=name,
             properties={'snd-settle-mode': 'settled'})
-        self._receiver = _paired_receiver(connection, self._sender, name,
-                                          self)
+        # RabbitMQ wants the pair on one session
+        self._receiver = pyngus_compat.receiver_on_session_of(
+            connection, self._sender, name, MANAGEMENT_NODE, self,
+            {'snd-settle-mode': 'settled'})
         for link in (self._sender, self._receiver):
-            link._pn_link.properties = {_PAIRED: True}
+            pyngus_compat.pn_link(link).properties = {_PAIRED: True}
             link.open()
         self._receiver.add_capacity(100)
         self._attach_timer = self._later(
@@ -186,20 +189,6 @@ class ManagementDeclarer:
                 link.close()
             except Exception:
                 pass
-
-
-def _paired_receiver(connection, sender, name, handler):
-    """A receiver on the sender's session: RabbitMQ wants the pair there.
-
-    pyngus gives every link its own session and has no public way to share
-    one, so this reaches into its session proxy.
-    """
-    session = sender._pn_link.session.context
-    receiver = session.new_receiver(name)
-    receiver.configure('', MANAGEMENT_NODE, handler,
-                       {'snd-settle-mode': 'settled'})
-    connection._receiver_links[name] = receiver
-    return receiver
 
 
 def _describe(op) -> str:

@@ -26,6 +26,7 @@ import threading
 import time
 
 import oslo_messaging as om
+from oslo_messaging_amqp1 import pyngus_compat
 
 from tests.functional import utils
 
@@ -146,7 +147,7 @@ def _links(*nodes) -> int:
             ctl = transport._driver._ctl
             conn = ctl.conn if ctl is not None else None
             if conn is not None:
-                count += len(conn._sender_links) + len(conn._receiver_links)
+                count += pyngus_compat.link_count(conn)
     return count
 
 

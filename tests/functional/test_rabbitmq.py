@@ -25,6 +25,7 @@ from proton import utils as proton_utils
 import pytest
 
 from oslo_messaging_amqp1 import opts
+from oslo_messaging_amqp1 import pyngus_compat
 
 URL = os.environ.get('AMQP1_TEST_RABBIT_URL')
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -159,6 +160,29 @@ def test_call_cast_fanout_and_server(bus):
     time.sleep(0.3)
     assert sum(s.seen.count('to-one') for s in servers) == 1
     assert 'to-s2' not in servers[0].seen + servers[1].seen
+
+
+def test_stopped_server_frees_its_links(bus):
+    """A stopped server's links are freed once the peer answers.
+
+    RabbitMQ 3.x answers a link's close with a detach that is not a close.
+    """
+    topic = _topic()
+    t = bus.transport()
+    server = bus.server(t, om.Target(topic=topic, server='s'), Recorder('s'))
+    _ready(om.get_rpc_client(t, om.Target(topic=topic, server='s')))
+    ctl = t._driver._ctl
+    [sub] = [sub for sub in ctl.subs if topic in sub.label]
+    receivers = len(sub.links)
+    assert receivers >= 2
+    links = pyngus_compat.link_count(ctl.conn)
+    server.stop()
+    server.wait()
+    # answered by the peer, not given up on after a timeout
+    assert not sub.detaching
+    assert _wait_for(
+        lambda: pyngus_compat.link_count(ctl.conn) == links - receivers), (
+        pyngus_compat.link_count(ctl.conn), links, receivers)
 
 
 def test_exchanges_are_separate(bus):

@@ -1,0 +1,138 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Every use of pyngus's private names, in one place, checked once.
+
+pyngus 2.x has no public way to do four things the driver needs:
+
+* decode a delivery with :func:`codec.decode_message` instead of proton's
+  Message (:func:`decode_in_python`);
+* reach a link's proton link, for its session's output backlog and link
+  properties (:func:`pn_link`);
+* put a receiver on a sender's session (:func:`receiver_on_session_of`),
+  which RabbitMQ's management link pair needs;
+* learn that the peer answered a detach without ``closed=true``: pyngus
+  ignores proton's ``LINK_REMOTE_DETACH`` event, so a RabbitMQ 3.x answer
+  to our close never reaches ``receiver_closed`` (every server stop would
+  wait out its timer) and a link the peer detaches stays "active" forever.
+  :func:`install` makes pyngus treat that detach as a close: the driver
+  never resumes links, so for it the two mean the same.
+
+:func:`missing_internals` lists what of this a pyngus lacks;
+:func:`install` refuses such a pyngus with the fix in the message.
+"""
+
+import itertools
+import logging
+
+import proton
+import pyngus
+from pyngus import link as pyngus_link
+
+from oslo_messaging_amqp1 import codec
+
+LOG = logging.getLogger(__name__)
+
+# what the functions below read or replace on pyngus's objects
+RECEIVER_INTERNALS = ('_pn_link', '_handler', '_unsettled_deliveries',
+                      '_callback_lock', '_process_delivery')
+SENDER_INTERNALS = ('_pn_link',)
+CONNECTION_INTERNALS = ('_receiver_links', '_sender_links')
+_SUPPORTED = 'pyngus>=2.3.0,<3'
+
+_installed = False
+
+
+def missing_internals() -> list:
+    """The private names this module uses that this pyngus lacks."""
+    missing = []
+    event_map = getattr(getattr(pyngus_link, '_Link', None),
+                        '_endpoint_event_map', None)
+    if not isinstance(event_map, dict) or \
+            proton.Event.LINK_REMOTE_CLOSE not in event_map:
+        missing.append('pyngus.link._Link._endpoint_event_map')
+    container = pyngus.Container('pyngus-compat-check')
+    try:
+        conn = container.create_connection('check')
+        missing += ['Connection.%s' % name for name in CONNECTION_INTERNALS
+                    if not hasattr(conn, name)]
+        sender = conn.create_sender('check', name='s')
+        receiver = conn.create_receiver('check', name='r')
+        for link, names in ((sender, SENDER_INTERNALS),
+                            (receiver, RECEIVER_INTERNALS)):
+            missing += ['%s.%s' % (type(link).__name__, name)
+                        for name in names if not hasattr(link, name)]
+        session = getattr(getattr(sender, '_pn_link', None), 'session', None)
+        if not hasattr(getattr(session, 'context', None), 'new_receiver'):
+            missing.append('session proxy .new_receiver')
+        conn.destroy()
+    finally:
+        container.destroy()
+    return missing
+
+
+def install() -> None:
+    """Check this pyngus once; make a remote detach count as a close.
+
+    Raises RuntimeError naming the fix when pyngus's internals differ.
+    """
+    global _installed
+    if _installed:
+        return
+    missing = missing_internals()
+    if missing:
+        raise RuntimeError(
+            'pyngus %s is not supported by the AMQP 1.0 driver: it lacks %s. '
+            'Install %s.' % ('.'.join(map(str, pyngus.VERSION)),
+                             ', '.join(missing), _SUPPORTED))
+    event_map = pyngus_link._Link._endpoint_event_map
+    event_map.setdefault(proton.Event.LINK_REMOTE_DETACH,
+                         event_map[proton.Event.LINK_REMOTE_CLOSE])
+    _installed = True
+
+
+def pn_link(link):
+    """The proton link under a pyngus link (None once it is freed)."""
+    return getattr(link, '_pn_link', None)
+
+
+def link_count(conn) -> int:
+    """Sender and receiver links pyngus holds open on a connection."""
+    return len(conn._sender_links) + len(conn._receiver_links)
+
+
+def receiver_on_session_of(connection, sender, name, source, handler,
+                           properties=None):
+    """A receiver on the sender's session (pyngus gives each its own)."""
+    session = sender._pn_link.session.context
+    receiver = session.new_receiver(name)
+    receiver.configure('', source, handler, properties)
+    connection._receiver_links[name] = receiver
+    return receiver
+
+
+def decode_in_python(link) -> None:
+    """Have a receiver hand its messages over as codec decodes them.
+
+    pyngus decodes every delivery with proton's Message; this replaces the
+    link's delivery step with one that uses :func:`codec.decode_message`,
+    keeping pyngus's handles and callbacks.
+    """
+    handles = itertools.count()
+
+    def process_delivery(pn_delivery):
+        if not pn_delivery.readable or pn_delivery.partial:
+            return
+        pn = link._pn_link
+        data = pn.recv(pn_delivery.pending)
+        message = codec.decode_message(data)
+        pn.advance()
+        handler = link._handler
+        if handler is None:
+            pn_delivery.settle()
+            return
+        handle = next(handles)
+        link._unsettled_deliveries[handle] = pn_delivery
+        with link._callback_lock:
+            handler.message_received(link, message, handle)
+    link._process_delivery = process_delivery

@@ -1,0 +1,42 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""The pyngus internals the driver relies on, checked on the installed one.
+
+If pyngus changes what pyngus_compat reaches into, the first test fails
+with the list of what is gone: update pyngus_compat (and its supported
+range) before shipping with that pyngus.
+"""
+
+import proton
+from pyngus import link as pyngus_link
+import pytest
+
+from oslo_messaging_amqp1 import pyngus_compat
+
+
+def test_installed_pyngus_has_every_internal_used():
+    assert pyngus_compat.missing_internals() == []
+
+
+def test_remote_detach_counts_as_close_once_installed():
+    pyngus_compat.install()
+    event_map = pyngus_link._Link._endpoint_event_map
+    assert (event_map[proton.Event.LINK_REMOTE_DETACH] ==
+            event_map[proton.Event.LINK_REMOTE_CLOSE])
+
+
+@pytest.mark.parametrize('owner, name', [
+    (pyngus_link.ReceiverLink, '_process_delivery'),
+    (pyngus_link._Link, '_endpoint_event_map'),
+])
+def test_a_pyngus_with_other_internals_is_refused(monkeypatch, owner, name):
+    for cls in owner.__mro__:
+        if name in vars(cls):
+            monkeypatch.delattr(cls, name)
+    monkeypatch.setattr(pyngus_compat, '_installed', False)
+    with pytest.raises(RuntimeError) as info:
+        pyngus_compat.install()
+    text = str(info.value)
+    assert name in text
+    assert 'Install pyngus>=2.3.0,<3' in text
