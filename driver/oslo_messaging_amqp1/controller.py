@@ -24,7 +24,6 @@ Sender link lifecycle: DECLARING (RabbitMQ topology) -> ATTACHING -> ACTIVE
 lost). Receiver links follow the same path without the idle timeout.
 """
 
-import logging
 import os
 import socket
 import sys
@@ -37,10 +36,11 @@ import pyngus
 from oslo_messaging_amqp1 import addressing
 from oslo_messaging_amqp1 import codec
 from oslo_messaging_amqp1 import eventloop
+from oslo_messaging_amqp1 import green
 from oslo_messaging_amqp1 import pyngus_compat
 from oslo_messaging_amqp1 import topology
 
-LOG = logging.getLogger(__name__)
+LOG = green.IOLogger(__name__)
 
 IDLE, CONNECTING, ACTIVE, WAITING, CLOSED = (
     'idle', 'connecting', 'active', 'waiting', 'closed')
@@ -324,7 +324,6 @@ class Controller(pyngus.ConnectionEventHandler):
     def __init__(self, conf, url, default_exchange=None,
                  allowed_remote_exmods=None) -> None:
         pyngus_compat.install()
-        self.conf = conf
         self.opts = conf.oslo_messaging_amqp
         self.hosts = [Host(h.hostname, h.port, h.username, h.password)
                       for h in url.hosts] or [Host('localhost', 5672)]
@@ -636,8 +635,7 @@ class Controller(pyngus.ConnectionEventHandler):
                      params.get('peer_name')))
             self.loop.call_soon(self._tls_failed, host, text)
 
-        eventloop._threading.Thread(target=work, daemon=True,
-                                    name='amqp1-tls-check').start()
+        self.loop.start_helper(work, 'amqp1-tls-check')
 
     def _tls_failed(self, host, text) -> None:
         if self.state == ACTIVE or host is not self.current_host:

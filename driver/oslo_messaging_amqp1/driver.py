@@ -9,7 +9,6 @@ touches proton links itself.
 """
 
 import functools
-import logging
 import os
 import threading
 
@@ -20,9 +19,10 @@ from oslo_messaging_amqp1 import addressing
 from oslo_messaging_amqp1 import codec
 from oslo_messaging_amqp1 import controller
 from oslo_messaging_amqp1 import eventloop
+from oslo_messaging_amqp1 import green
 from oslo_messaging_amqp1 import opts
 
-LOG = logging.getLogger(__name__)
+LOG = green.IOLogger(__name__)
 # how much longer than its own timeout a caller waits for the I/O thread
 _GRACE = 2.0
 

@@ -9,30 +9,27 @@ and wait for its answers through :class:`Waiter` and :class:`Inbox`.
 
 When eventlet has monkey-patched the process, the I/O thread is still a real
 OS thread: the original ``threading``, ``select``, ``socket`` and ``time``
-modules are used for it, and callers on green threads wait by polling with
-the patched ``time.sleep`` so the eventlet hub keeps running.
+modules are used for it. Callers on green threads sleep in their hub and
+are woken through :mod:`green` (a pipe per hub), never by polling; the I/O
+thread touches no green primitive, its log records included.
+
+Why a native thread under eventlet too: the protocol work (proton's
+framing, the codec) then runs beside the service's hub instead of taking
+turns with its green threads, and one design serves patched and unpatched
+processes alike; the hand-off costs one pipe write per batch of results.
+tools/bench --eventlet measures the result against the rabbit driver.
 """
 
 import collections
 import errno
 import heapq
 import itertools
-import logging
 import sys
 
-LOG = logging.getLogger(__name__)
+from oslo_messaging_amqp1 import green
 
-
-def _original(name: str):
-    """Return module ``name`` as it was before eventlet patched it."""
-    if 'eventlet' in sys.modules:
-        try:
-            from eventlet import patcher
-            return patcher.original(name)
-        except ImportError:  # pragma: no cover - broken eventlet install
-            pass
-    return __import__(name)
-
+LOG = green.IOLogger(__name__)
+_original = green.original
 
 _threading = _original('threading')
 _queue = _original('queue')
@@ -62,20 +59,28 @@ def green_caller() -> bool:
         return False
 
 
-def _green_sleep(seconds: float) -> None:
-    """Sleep while letting this thread's eventlet hub run."""
-    import eventlet
-    eventlet.sleep(seconds)
+def patched_process() -> bool:
+    """Has eventlet monkey-patched threads in this process?"""
+    if 'eventlet' not in sys.modules:
+        return False
+    from eventlet import patcher
+    return patcher.is_monkey_patched('thread')
 
 
-def _green_poll(ready, timeout, sleep=_green_sleep) -> bool:
-    """Poll ready() with (green) sleeps until true; False on timeout."""
+def _sleep_until(ready, timeout, sleepers) -> bool:
+    """Wait until ready(); False on timeout.
+
+    Green callers sleep in their hub until sleepers are woken; native ones
+    (only Window.drain's) sleep a little between checks.
+    """
     deadline = None if timeout is None else now() + timeout
+    if green_caller():
+        return sleepers.wait_until(ready, deadline, now)
     pause = 0.0005
     while not ready():
         if deadline is not None and now() >= deadline:
             return False
-        sleep(pause)
+        _time.sleep(pause)
         pause = min(pause * 2, 0.02)
     return True
 
@@ -87,7 +92,7 @@ class Waiter:
     between native threads: one C call on each side.
     """
 
-    __slots__ = ('_lock', '_done', '_value', '_error')
+    __slots__ = ('_lock', '_done', '_value', '_error', '_sleepers')
 
     def __init__(self) -> None:
         self._lock = _threading.Lock()
@@ -95,11 +100,14 @@ class Waiter:
         self._done = False
         self._value = None
         self._error = None
+        self._sleepers = None  # green waiters, made by the first one
 
     def _complete(self) -> None:
         if not self._done:
             self._done = True
             self._lock.release()
+            if self._sleepers is not None:
+                self._sleepers.wake_all()
 
     def set(self, value=None) -> None:
         """Complete with a value (I/O thread)."""
@@ -124,7 +132,9 @@ class Waiter:
         """
         if not self._done:
             if green_caller():
-                if not _green_poll(self.done, timeout):
+                if self._sleepers is None:
+                    self._sleepers = green.Sleepers()
+                if not _sleep_until(self.done, timeout, self._sleepers):
                     return None
             elif self._lock.acquire(
                     timeout=-1 if timeout is None else max(0.0, timeout)):
@@ -150,18 +160,18 @@ class Inbox:
     def __init__(self) -> None:
         self._queue = _queue.SimpleQueue()
         self._closed = False
+        self._sleepers = green.Sleepers()
 
     def put(self, item) -> None:
         """Append an item and wake one reader."""
         self._queue.put(item)
+        self._sleepers.wake_all()
 
     def close(self) -> None:
         """Wake every reader; get() returns None once drained."""
         self._closed = True
         self._queue.put(_CLOSED)
-
-    def __len__(self) -> int:
-        return self._queue.qsize()
+        self._sleepers.wake_all()
 
     def _next(self, block: bool, timeout: float = None):
         """The next item that is not the close marker, or None."""
@@ -189,7 +199,7 @@ class Inbox:
                 if item is not None:
                     found.append(item)
                 return bool(found) or self._closed
-            if not _green_poll(ready, timeout):
+            if not _sleep_until(ready, timeout, self._sleepers):
                 return None
             return found[0] if found else self._next(False)
         return self._next(True, None if timeout is None
@@ -209,6 +219,7 @@ class Window:
         self._places = _queue.SimpleQueue()
         for _i in range(size):
             self._places.put(None)
+        self._sleepers = green.Sleepers()
 
     def _take(self) -> bool:
         try:
@@ -220,7 +231,7 @@ class Window:
     def acquire(self, timeout: float = None) -> bool:
         """Take a place; False when none freed up within timeout."""
         if green_caller():
-            return _green_poll(self._take, timeout)
+            return _sleep_until(self._take, timeout, self._sleepers)
         try:
             self._places.get(True, None if timeout is None
                              else max(0.0, timeout))
@@ -231,16 +242,16 @@ class Window:
     def release(self) -> None:
         """Give a place back (any thread)."""
         self._places.put(None)
+        self._sleepers.wake_all()
 
     def drain(self, timeout: float) -> bool:
         """Wait until every place is back; False on timeout.
 
-        It polls: only flush() and cleanup wait for this.
+        A native caller polls: only flush() and cleanup wait for this.
         """
         def ready():
             return self._places.qsize() >= self.size
-        return _green_poll(ready, timeout,
-                           _green_sleep if green_caller() else _time.sleep)
+        return _sleep_until(ready, timeout, self._sleepers)
 
     def __len__(self) -> int:
         return self.size - self._places.qsize()
@@ -306,7 +317,7 @@ class IOLoop:
         self._calls = collections.deque()
         self._timers = []
         self._seq = itertools.count()
-        self._conns = set()  # objects with .pyngus_conn and .socket
+        self._conns = set()  # Controllers: fileno() and the io_* methods
         self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -314,6 +325,8 @@ class IOLoop:
         self._wake_pending = False
         self._stopping = False
         self._ident = None
+        # log records of the I/O thread go to this hub's green threads
+        self._log_bridge = green.bridge() if patched_process() else None
         self._thread = _threading.Thread(target=self._run, name=name,
                                          daemon=True)
         self._thread.start()
@@ -338,6 +351,17 @@ class IOLoop:
             pass  # the socket is full of wake-up bytes
         except OSError:
             LOG.debug('I/O loop already closed')
+
+    def start_helper(self, fn, name: str) -> None:
+        """Run fn() on a new native thread that logs as the I/O thread does.
+
+        For blocking work (RabbitMQ 3.x declarations, a TLS diagnosis);
+        fn hands its result back with :meth:`call_soon`.
+        """
+        def run():
+            green.io_thread_started(self._log_bridge)
+            fn()
+        _threading.Thread(target=run, daemon=True, name=name).start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread once pending calls ran; wait for it to end."""
@@ -389,6 +413,7 @@ class IOLoop:
         return timers[0][0] if timers else None
 
     def _run(self) -> None:
+        green.io_thread_started(self._log_bridge)
         try:
             while not self._stopping:
                 self._once()

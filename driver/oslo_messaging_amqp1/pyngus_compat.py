@@ -23,15 +23,12 @@ pyngus 2.x has no public way to do four things the driver needs:
 """
 
 import itertools
-import logging
 
 import proton
 import pyngus
 from pyngus import link as pyngus_link
 
 from oslo_messaging_amqp1 import codec
-
-LOG = logging.getLogger(__name__)
 
 # what the functions below read or replace on pyngus's objects
 RECEIVER_INTERNALS = ('_pn_link', '_handler', '_unsettled_deliveries',

@@ -14,7 +14,6 @@ Both run their callbacks on the I/O thread: ``declare(ops, done)`` calls
 ``done(None)`` on success or ``done(error_text)``.
 """
 
-import logging
 import socket
 import ssl as ssl_module
 import urllib.parse
@@ -23,10 +22,10 @@ import uuid
 import proton
 
 from oslo_messaging_amqp1 import addressing
-from oslo_messaging_amqp1 import eventloop
+from oslo_messaging_amqp1 import green
 from oslo_messaging_amqp1 import pyngus_compat
 
-LOG = logging.getLogger(__name__)
+LOG = green.IOLogger(__name__)
 MANAGEMENT_NODE = '/management'
 _PAIRED = proton.symbol('paired')
 
@@ -43,7 +42,6 @@ class ManagementDeclarer:
     """RabbitMQ 4.x topology over the ``/management`` link pair."""
 
     def __init__(self, connection, loop=None, timeout: float = 10.0) -> None:
-        self._conn = connection
         self._loop = loop
         self._timeout = timeout
         self._declared = set()
@@ -63,7 +61,7 @@ class ManagementDeclarer:
             pyngus_compat.pn_link(link).properties = {_PAIRED: True}
             link.open()
         self._receiver.add_capacity(100)
-        self._attach_timer = self._later(
+        self._later(
             lambda: self._active < 2 and self._lost(
                 'the link pair was not attached within %ss' % timeout))
 
@@ -242,8 +240,7 @@ class AmqpDeclarer:
                 self._declared.update(todo)
             done(error)
 
-        eventloop._threading.Thread(target=work, daemon=True,
-                                    name='amqp1-declare').start()
+        self._loop.start_helper(work, 'amqp1-declare')
 
     failed = False  # every declaration opens its own connection
 
