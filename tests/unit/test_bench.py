@@ -58,3 +58,37 @@ def test_bench_call_and_cast_on_router(router, tmp_path):
         assert 'oslo_messaging_amqp1' in r['driver_class']
     # the table went to stdout
     assert 'call1' in proc.stdout and 'msg/s' in proc.stdout
+
+
+def test_bench_eventlet_and_paced_casts_on_router(router, tmp_path):
+    out = tmp_path / 'bench.json'
+    cmd = [sys.executable, BENCH, '--duration', '1', '--eventlet',
+           '--scenarios', 'cast', '--payloads', '100', '--rates', '50',
+           '--drivers', 'amqp', '--amqp-url', helpers.url_of(router),
+           '--json', str(out), '--no-png']
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True,
+                          timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report['meta']['mode'] == 'eventlet'
+    assert len(report['meta']['loadavg_start']) == 3
+    full, paced = report['results']
+    assert (full['scenario'], paced['scenario']) == ('cast', 'cast@50%')
+    for r in (full, paced):
+        assert r['mode'] == 'eventlet' and len(r['loadavg']) == 3
+        assert r['errors'] == 0 and r['lost'] == 0, r
+        assert r['received'] > 0
+    assert full['offered_rate'] is None
+    assert paced['offered_rate'] == full['throughput'] / 2
+    # the schedule held the client to the offered rate (1 s window)
+    assert paced['sent'] <= paced['offered_rate'] + 1, paced
+
+
+def test_bench_rates_bad_input():
+    proc = subprocess.run(
+        [sys.executable, BENCH, '--rates', '150', '--no-png'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=30)
+    assert proc.returncode != 0
+    assert '--rates' in proc.stderr and '(0, 100]' in proc.stderr
