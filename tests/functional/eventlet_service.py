@@ -20,6 +20,11 @@ traffic    RPC servers on the eventlet executor; calls from 4 green
            driver logs at DEBUG through a handler whose lock is green
 idle       1,000 green calls held by the server at once: the process's
            CPU time while they wait, then every reply
+late       100 notifications sent by green threads before any listener
+           exists (a router releases them, the driver retries), then a
+           listener: it gets every one
+slow       a listener taking 5 ms a notification, 1,000 sent at once by 4
+           green threads: every one arrives
 sigterm    a service stopping on SIGTERM as oslo.service does (stop the
            server, clean the transport up, exit) while calls wait for
            replies that will not come and casts go out in a loop; prints
@@ -227,6 +232,84 @@ def idle(url, result) -> None:
     transport.cleanup()
 
 
+class SlowListener(Listener):
+
+    def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        time.sleep(0.005)   # green: other green threads run meanwhile
+        self.seen.append(payload['n'])
+
+
+def _notify_all(notifier, count, threads=4):
+    """Send count notifications from green threads, without waiting.
+
+    Returns the green threads and the list their errors go to.
+    """
+    errors = []
+
+    def send(first):
+        for n in range(first, count, threads):
+            try:
+                notifier.info({}, 'ev', {'n': n})
+            except Exception as exc:
+                errors.append(repr(exc)[:200])
+    return [eventlet.spawn(send, i) for i in range(threads)], errors
+
+
+def late(url, result) -> None:
+    """Notifications sent before any listener exists reach a late one."""
+    conf = make_conf()
+    ntransport = om.get_notification_transport(conf, url)
+    ntopic = 'evl-' + uuid.uuid4().hex[:8]
+    notifier = om.Notifier(ntransport, 'ev', driver='messagingv2',
+                           topics=[ntopic])
+    senders, errors = _notify_all(notifier, 100)
+    eventlet.sleep(2.0)
+    listener_ep = Listener()
+    listener = om.get_notification_listener(
+        ntransport, [om.Target(topic=ntopic)], [listener_ep],
+        executor='eventlet')
+    listener.start()
+    for sender in senders:
+        sender.wait()
+    wait_for(lambda: set(range(100)) <= set(listener_ep.seen), 30)
+    result['received'] = len(set(listener_ep.seen) & set(range(100)))
+    result['errors'] = errors[:3]
+    listener.stop()
+    listener.wait()
+    ntransport.cleanup()
+
+
+def slow(url, result) -> None:
+    """A listener slower than its notifier loses nothing."""
+    conf = make_conf()
+    # one notification at a time: 1,000 take at least 5 s
+    conf.register_opts(om_server._pool_opts)
+    conf.set_override('executor_thread_pool_size', 1)
+    ntransport = om.get_notification_transport(conf, url)
+    ntopic = 'evs-' + uuid.uuid4().hex[:8]
+    listener_ep = SlowListener()
+    listener = om.get_notification_listener(
+        ntransport, [om.Target(topic=ntopic)], [listener_ep],
+        executor='eventlet')
+    listener.start()
+    notifier = om.Notifier(ntransport, 'ev', driver='messagingv2',
+                           topics=[ntopic])
+    wait_for(lambda: (notifier.info({}, 'probe', {'n': -1}) or
+                      -1 in listener_ep.seen), 30)
+    started = time.monotonic()
+    senders, errors = _notify_all(notifier, 1000)
+    for sender in senders:
+        sender.wait()
+    result['send_seconds'] = round(time.monotonic() - started, 2)
+    wait_for(lambda: set(range(1000)) <= set(listener_ep.seen), 60)
+    result['receive_seconds'] = round(time.monotonic() - started, 2)
+    result['received'] = len(set(listener_ep.seen) & set(range(1000)))
+    result['errors'] = errors[:3]
+    listener.stop()
+    listener.wait()
+    ntransport.cleanup()
+
+
 def sigterm(url, result) -> None:
     conf = make_conf()
     transport = om.get_rpc_transport(conf, url)
@@ -269,8 +352,9 @@ def sigterm(url, result) -> None:
 def main() -> None:
     scenario, url = sys.argv[1], sys.argv[2]
     result = {'patched': patcher.is_monkey_patched('thread')}
-    {'traffic': traffic, 'idle': idle, 'sigterm': sigterm}[scenario](
-        url, result)
+    scenarios = {'traffic': traffic, 'idle': idle, 'sigterm': sigterm,
+                 'late': late, 'slow': slow}
+    scenarios[scenario](url, result)
     sys.stdout.write(json.dumps(result) + '\n')
     sys.stdout.flush()
     os._exit(0)

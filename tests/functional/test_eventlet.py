@@ -12,8 +12,9 @@
 
 """Monkey-patched services on the driver, with both cores busy.
 
-Each test runs tests/functional/eventlet_service.py in a fresh interpreter
-that patches first, on every bus this machine has: the in-process router
+Each test runs tests/functional/eventlet_service.py (its docstring lists
+the scenarios) in a fresh interpreter that patches first, on every bus
+this machine has: the in-process router
 and broker peers (tests/peers.py), RabbitMQ (AMQP1_TEST_RABBIT_URL), and
 qdrouterd / qpidd when AMQP1_TEST_QDROUTERD / AMQP1_TEST_QPIDD name them.
 Two niced busy loops run meanwhile: races between the native I/O thread
@@ -154,3 +155,20 @@ def test_sigterm_stops_the_service_promptly(bus, bus_gone, report):
            % (', bus gone' if bus_gone else ''), round(elapsed, 2), 's',
            '<= 2')
     assert elapsed <= 2.0, out
+
+
+def test_notifications_sent_before_any_listener(bus):
+    # a router releases them until the listener attaches; a broker keeps them
+    result = _run('late', bus.url)
+    assert result['errors'] == []
+    assert result['received'] == 100
+
+
+def test_listener_slower_than_the_notifier(bus, report):
+    result = _run('slow', bus.url)
+    # one at a time, 5 ms each: the listener was the slower side
+    assert result['receive_seconds'] >= 5.0
+    assert result['errors'] == []
+    assert result['received'] == 1000
+    report('eventlet: 1,000 notifications to a 5 ms listener, send time',
+           result['send_seconds'], 's')
