@@ -25,6 +25,9 @@ late       100 notifications sent by green threads before any listener
            listener: it gets every one
 slow       a listener taking 5 ms a notification, 1,000 sent at once by 4
            green threads: every one arrives
+reconnect  an RPC server and calls every 0.1 s; prints "ready", then the
+           parent restarts the bus: calls are answered over a new
+           connection
 sigterm    a service stopping on SIGTERM as oslo.service does (stop the
            server, clean the transport up, exit) while calls wait for
            replies that will not come and casts go out in a loop; prints
@@ -310,6 +313,41 @@ def slow(url, result) -> None:
     ntransport.cleanup()
 
 
+def reconnect(url, result) -> None:
+    """Calls go on after the bus restarts (the parent restarts it)."""
+    conf = make_conf()
+    conf.set_override('connection_retry_interval_max', 1,
+                      group='oslo_messaging_amqp')
+    transport = om.get_rpc_transport(conf, url)
+    topic = 'evr-' + uuid.uuid4().hex[:8]
+    srv = server(transport, topic, 's0', Endpoint('s0'))
+    client = om.get_rpc_client(transport, om.Target(topic=topic), timeout=2)
+    ready(client)
+    sys.stdout.write('ready\n')
+    sys.stdout.flush()
+    ctl = transport._driver._ctl
+    first = ctl.conn
+    failed = 0
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        try:
+            client.call({}, 'echo', value=1)
+            if ctl.conn is not first:
+                break   # answered over the new connection
+        except (om.MessagingTimeout, om.MessageDeliveryFailure):
+            failed += 1
+        eventlet.sleep(0.1)
+    result['new_connection'] = ctl.conn is not first
+    result['failed_calls'] = failed
+    try:
+        result['after'] = client.call({}, 'echo', value='after')['value']
+    except Exception as exc:
+        result['after'] = repr(exc)[:200]
+    srv.stop()
+    srv.wait()
+    transport.cleanup()
+
+
 def sigterm(url, result) -> None:
     conf = make_conf()
     transport = om.get_rpc_transport(conf, url)
@@ -353,7 +391,7 @@ def main() -> None:
     scenario, url = sys.argv[1], sys.argv[2]
     result = {'patched': patcher.is_monkey_patched('thread')}
     scenarios = {'traffic': traffic, 'idle': idle, 'sigterm': sigterm,
-                 'late': late, 'slow': slow}
+                 'late': late, 'slow': slow, 'reconnect': reconnect}
     scenarios[scenario](url, result)
     sys.stdout.write(json.dumps(result) + '\n')
     sys.stdout.flush()

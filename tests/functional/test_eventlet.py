@@ -172,3 +172,33 @@ def test_listener_slower_than_the_notifier(bus, report):
     assert result['received'] == 1000
     report('eventlet: 1,000 notifications to a 5 ms listener, send time',
            result['send_seconds'], 's')
+
+
+def test_calls_resume_after_the_bus_restarts(bus, report):
+    if bus.peer is None:
+        pytest.skip('only an in-process peer is restarted here '
+                    '(test_faults.py kills RabbitMQ and the daemons)')
+    proc = subprocess.Popen(_cmd('reconnect', bus.url), cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == 'ready'
+        kind, port = bus.peer.kind, bus.peer.port
+        bus.stop()
+        time.sleep(1.0)
+        bus.peer = peers.Peer(kind, port=port).start()
+        start = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        back = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert 'greenlet.error' not in err, err[-3000:]
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result['new_connection'] is True
+    assert result['after'] == 'after'
+    report('eventlet: bus restarted, calls back after', round(back, 2), 's')
+    report('eventlet: calls failed across the restart',
+           result['failed_calls'])
