@@ -203,9 +203,15 @@ class RabbitAddresser(Addresser):
                                          urllib.parse.quote(key, safe=''))
         return '/exchange/%s/%s' % (exchange, key)
 
+    def _durable(self, name) -> Queue:
+        """A queue that outlives its consumers: quorum when asked for."""
+        arguments = ()
+        if self._conf.rabbit_quorum_queue:
+            arguments = (('x-queue-type', 'quorum'),)
+        return Queue(name, True, False, False, arguments)
+
     def _durable_queue(self, name) -> Route:
-        return Route(self.queue_address(name),
-                     [Queue(name, True, False, False, ())])
+        return Route(self.queue_address(name), [self._durable(name)])
 
     def rpc_server(self, target, listen=False) -> Route:
         return self._durable_queue(
@@ -241,15 +247,13 @@ class RabbitAddresser(Addresser):
     def notify_send(self, target) -> Route:
         key = self._notify_key(target)
         return Route(self.exchange_address(TOPIC_EXCHANGE, key),
-                     [Queue(key, True, False, False, ()),
-                      Bind(key, TOPIC_EXCHANGE, key)])
+                     [self._durable(key), Bind(key, TOPIC_EXCHANGE, key)])
 
     def notify_listen(self, target, pool=None) -> Route:
         key = self._notify_key(target)
         name = key if not pool else '%s.pool.%s' % (key, pool)
         return Route(self.queue_address(name),
-                     [Queue(name, True, False, False, ()),
-                      Bind(name, TOPIC_EXCHANGE, key)])
+                     [self._durable(name), Bind(name, TOPIC_EXCHANGE, key)])
 
     def reply_listen(self) -> Route:
         name = self.reply_queue

@@ -504,6 +504,16 @@ class Controller(pyngus.ConnectionEventHandler):
             mode, self.opts, self.default_exchange, self.vhost, props,
             self.reply_queue)
         self.declarer = None
+        if self.opts.rabbit_quorum_queue and mode != addressing.RABBITMQ:
+            # a setting error: every send fails with it until it is fixed
+            self.auth_error = (
+                'rabbit_quorum_queue is set in [oslo_messaging_amqp] but the '
+                'AMQP 1.0 peer %s is %s, not RabbitMQ: quorum queues exist '
+                'only on RabbitMQ; unset rabbit_quorum_queue' % (
+                    self.current_host, self.product or 'an unknown product'))
+            LOG.error('%s', self.auth_error)
+            self._event('lost')
+            return
         if (mode == addressing.RABBITMQ and self.vhost and
                 not self.opts.pseudo_vhost and not self.rabbit_vhost):
             LOG.info('RabbitMQ at %s: opening virtual host %s',

@@ -141,6 +141,15 @@ amqp1_opts = [
                     'to be written, and while more than 1 MB is not yet on '
                     'the wire: nothing from the peer paces it. 0: every '
                     'send waits, as the former driver did.'),
+    # not an option of the former driver; named as the rabbit driver's
+    cfg.BoolOpt('rabbit_quorum_queue', default=False,
+                help='RabbitMQ only: declare the RPC topic and server '
+                     'queues and the notification queues as quorum queues '
+                     '(replicated across a cluster; needs RabbitMQ 3.8 or '
+                     'later). Fanout and reply queues stay transient. A '
+                     'queue that already exists as a classic queue must be '
+                     'deleted first. On any other peer the connection '
+                     'refuses to run.'),
 ]
 
 

@@ -185,6 +185,78 @@ def test_stopped_server_frees_its_links(bus):
         pyngus_compat.link_count(ctl.conn), links, receivers)
 
 
+def _amqp091(work):
+    """Run work(channel) on a fresh AMQP 0-9-1 channel to URL's broker."""
+    import amqp
+    parts = urllib.parse.urlsplit(URL)
+    conn = amqp.Connection(host='%s:%s' % (parts.hostname, parts.port),
+                           userid=parts.username, password=parts.password)
+    conn.connect()
+    try:
+        return work(conn.channel())
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+def _queue_type_is(name, queue_type) -> bool:
+    """Does RabbitMQ accept queue name re-declared as queue_type?"""
+    import amqp
+
+    def declare(channel):
+        try:
+            channel.queue_declare(name, durable=True, auto_delete=False,
+                                  arguments={'x-queue-type': queue_type})
+            return True
+        except amqp.exceptions.PreconditionFailed:
+            return False
+    return _amqp091(declare)
+
+
+def test_quorum_queues(bus, conf):
+    conf.set_override('rabbit_quorum_queue', True,
+                      group='oslo_messaging_amqp')
+    try:
+        topic = _topic()
+        t = bus.transport()
+        bus.server(t, om.Target(topic=topic, server='q'), Recorder('q'))
+        client = om.get_rpc_client(t, om.Target(topic=topic), timeout=20)
+        _ready(client)
+        assert client.prepare(server='q').call({}, 'echo', value=1) == {
+            'server': 'q', 'value': 1}
+        nt = bus.notify_transport()
+        seen = []
+
+        class Listener:
+            def info(self, ctxt, publisher_id, event_type, payload, meta):
+                seen.append(payload)
+        bus.listener(nt, [om.Target(topic=topic)], Listener())
+        notifier = om.Notifier(nt, 'q', driver='messagingv2', topics=[topic])
+        assert _wait_for(lambda: notifier.info({}, 'e', {'n': 1}) or seen)
+        queues = {}
+        for transport in (t, nt):
+            for sub in transport._driver._ctl.subs:
+                for rx in sub.links:
+                    for op in rx.route.declare:
+                        if hasattr(op, 'durable'):
+                            queues[op.name] = op
+    finally:
+        conf.clear_override('rabbit_quorum_queue',
+                            group='oslo_messaging_amqp')
+    durable = [q for q in queues.values() if not q.auto_delete]
+    transient = [q for q in queues.values() if q.auto_delete]
+    # topic, server and notification queues; the fanout queue stays
+    # transient (auto-delete: a quorum queue cannot be)
+    assert len(durable) == 3 and len(transient) == 1, queues
+    assert dict(transient[0].arguments).get('x-queue-type') is None
+    for queue in durable:
+        assert _queue_type_is(queue.name, 'quorum'), queue.name
+        assert not _queue_type_is(queue.name, 'classic'), queue.name
+    _amqp091(lambda channel: [channel.queue_delete(q.name) for q in durable])
+
+
 def test_exchanges_are_separate(bus):
     topic = _topic()
     t = bus.transport()

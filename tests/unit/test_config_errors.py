@@ -20,6 +20,7 @@ import pytest
 
 from oslo_messaging_amqp1 import driver as amqp_driver
 from oslo_messaging_amqp1 import opts as amqp_opts
+from tests.unit import helpers
 
 
 def io_threads():
@@ -113,3 +114,23 @@ def test_list_opts_matches_registered_options():
     assert {'addressing_mode', 'pre_settled', 'rpc_server_credit',
             'link_retry_delay', 'pseudo_vhost'} <= names
     assert amqp_driver.ProtonDriver is not None
+
+
+@pytest.mark.parametrize('kind,product', [('router', 'qpid-dispatch-router'),
+                                          ('broker', 'qpid-cpp')])
+def test_quorum_queues_refused_off_rabbitmq(conf, make_peer, kind, product):
+    peer = make_peer(kind)
+    amqp_opts.register(conf)
+    conf.set_override('rabbit_quorum_queue', True, group=amqp_opts.GROUP)
+    transport = om.get_rpc_transport(conf, helpers.url_of(peer))
+    try:
+        client = om.get_rpc_client(transport, om.Target(topic='t'),
+                                   timeout=20)
+        with pytest.raises(om.MessageDeliveryFailure) as info:
+            client.cast({}, 'anything')
+    finally:
+        transport.cleanup()
+    assert 'unset rabbit_quorum_queue' in str(info.value)
+    assert product in str(info.value)
+    # nothing was attached on the peer that cannot hold quorum queues
+    assert not [link for link in peer.links() if link[0] == 'receiver']
