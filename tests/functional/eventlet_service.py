@@ -145,6 +145,34 @@ def ready(client, timeout=30.0):
                 raise
 
 
+def listen(ntransport, ntopic, endpoint):
+    """A started notification listener (eventlet executor) on ntopic."""
+    listener = om.get_notification_listener(
+        ntransport, [om.Target(topic=ntopic)], [endpoint],
+        executor='eventlet')
+    listener.start()
+    return listener
+
+
+def attached(notifier, endpoint) -> bool:
+    """Probe until the listener gets one (a router drops it till then)."""
+    return wait_for(lambda: (notifier.info({}, 'probe', {'n': -1}) or
+                             -1 in endpoint.seen), 30)
+
+
+def received(endpoint, count, timeout) -> int:
+    """How many of notifications 0..count-1 arrived within timeout."""
+    wait_for(lambda: set(range(count)) <= set(endpoint.seen), timeout)
+    return len(set(range(count)) & set(endpoint.seen))
+
+
+def stop(*servers) -> None:
+    """Stop servers and listeners and wait for them."""
+    for srv in servers:
+        srv.stop()
+        srv.wait()
+
+
 def traffic(url, result) -> None:
     handler = OSThreadHandler()
     log = logging.getLogger('oslo_messaging_amqp1')
@@ -174,22 +202,14 @@ def traffic(url, result) -> None:
     ntransport = om.get_notification_transport(conf, url)
     listener_ep = Listener()
     ntopic = 'evn-' + uuid.uuid4().hex[:8]
-    listener = om.get_notification_listener(
-        ntransport, [om.Target(topic=ntopic)], [listener_ep],
-        executor='eventlet')
-    listener.start()
+    listener = listen(ntransport, ntopic, listener_ep)
     notifier = om.Notifier(ntransport, 'ev', driver='messagingv2',
                            topics=[ntopic])
-    # a listener that attaches late misses notifications on a router
-    wait_for(lambda: (notifier.info({}, 'probe', {'n': -1}) or
-                      -1 in listener_ep.seen), 30)
+    attached(notifier, listener_ep)
     for n in range(300):
         notifier.info({}, 'ev', {'n': n})
-    wait_for(lambda: set(range(300)) <= set(listener_ep.seen))
-    result['notifications'] = len(set(range(300)) & set(listener_ep.seen))
-    for srv in servers + [listener]:
-        srv.stop()
-        srv.wait()
+    result['notifications'] = received(listener_ep, 300, 20)
+    stop(*servers, listener)
     transport.cleanup()
     ntransport.cleanup()
     log.removeHandler(handler)
@@ -230,8 +250,7 @@ def idle(url, result) -> None:
     ep.gate.send(True)
     pool.waitall()
     result['answered'] = sorted(answers) == list(range(1000))
-    srv.stop()
-    srv.wait()
+    stop(srv)
     transport.cleanup()
 
 
@@ -268,17 +287,12 @@ def late(url, result) -> None:
     senders, errors = _notify_all(notifier, 100)
     eventlet.sleep(2.0)
     listener_ep = Listener()
-    listener = om.get_notification_listener(
-        ntransport, [om.Target(topic=ntopic)], [listener_ep],
-        executor='eventlet')
-    listener.start()
+    listener = listen(ntransport, ntopic, listener_ep)
     for sender in senders:
         sender.wait()
-    wait_for(lambda: set(range(100)) <= set(listener_ep.seen), 30)
-    result['received'] = len(set(listener_ep.seen) & set(range(100)))
+    result['received'] = received(listener_ep, 100, 30)
     result['errors'] = errors[:3]
-    listener.stop()
-    listener.wait()
+    stop(listener)
     ntransport.cleanup()
 
 
@@ -291,25 +305,19 @@ def slow(url, result) -> None:
     ntransport = om.get_notification_transport(conf, url)
     ntopic = 'evs-' + uuid.uuid4().hex[:8]
     listener_ep = SlowListener()
-    listener = om.get_notification_listener(
-        ntransport, [om.Target(topic=ntopic)], [listener_ep],
-        executor='eventlet')
-    listener.start()
+    listener = listen(ntransport, ntopic, listener_ep)
     notifier = om.Notifier(ntransport, 'ev', driver='messagingv2',
                            topics=[ntopic])
-    wait_for(lambda: (notifier.info({}, 'probe', {'n': -1}) or
-                      -1 in listener_ep.seen), 30)
+    attached(notifier, listener_ep)
     started = time.monotonic()
     senders, errors = _notify_all(notifier, 1000)
     for sender in senders:
         sender.wait()
     result['send_seconds'] = round(time.monotonic() - started, 2)
-    wait_for(lambda: set(range(1000)) <= set(listener_ep.seen), 60)
+    result['received'] = received(listener_ep, 1000, 60)
     result['receive_seconds'] = round(time.monotonic() - started, 2)
-    result['received'] = len(set(listener_ep.seen) & set(range(1000)))
     result['errors'] = errors[:3]
-    listener.stop()
-    listener.wait()
+    stop(listener)
     ntransport.cleanup()
 
 
@@ -343,8 +351,7 @@ def reconnect(url, result) -> None:
         result['after'] = client.call({}, 'echo', value='after')['value']
     except Exception as exc:
         result['after'] = repr(exc)[:200]
-    srv.stop()
-    srv.wait()
+    stop(srv)
     transport.cleanup()
 
 
@@ -381,8 +388,7 @@ def sigterm(url, result) -> None:
     sys.stdout.write('ready\n')
     sys.stdout.flush()
     got = signalled.wait()
-    srv.stop()
-    srv.wait()
+    stop(srv)
     transport.cleanup()
     result['stop_seconds'] = round(time.monotonic() - got, 3)
 
