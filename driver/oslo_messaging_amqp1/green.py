@@ -37,8 +37,11 @@ def original(name: str):
     return __import__(name)
 
 
-_os = original('os')
 _threading = original('threading')
+# os.read and os.write are replaced by eventlet's in place, in the module
+# this process imported before monkey-patching too: the posix functions
+# are never patched (a green read on the pipe would park the bridge)
+_os = __import__('posix')
 
 # set on the I/O thread of a patched process: the bridge of its log records
 _io_thread = _threading.local()

@@ -12,8 +12,9 @@
 
 """A monkey-patched service on the driver, run by test_eventlet.py.
 
-``python -m tests.functional.eventlet_service SCENARIO URL`` patches first,
-as an eventlet service does, runs one scenario and prints one JSON line:
+``python -m tests.functional.eventlet_service SCENARIO URL [--import-first]``
+patches first, as an eventlet service does (with --import-first, after
+importing the driver), runs one scenario and prints one JSON line:
 
 traffic    RPC servers on the eventlet executor; calls from 4 green
            threads, casts, a fanout, notifications to a listener; the
@@ -34,15 +35,21 @@ sigterm    a service stopping on SIGTERM as oslo.service does (stop the
            "ready" first, then the parent signals
 """
 
-import eventlet
+import os
+import sys
+
+if sys.argv[3:] == ['--import-first']:
+    # the driver imported before monkey-patching, as a pytest plugin or a
+    # service's own imports may do
+    from oslo_messaging_amqp1 import eventloop  # noqa: F401
+
+import eventlet  # noqa: E402
 
 eventlet.monkey_patch()
 
 import json  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
 import signal  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 import warnings  # noqa: E402

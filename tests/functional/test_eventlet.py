@@ -89,14 +89,15 @@ def _env():
     return env
 
 
-def _cmd(scenario, url):
+def _cmd(scenario, url, *options):
     return [sys.executable, '-m', 'tests.functional.eventlet_service',
-            scenario, url]
+            scenario, url] + list(options)
 
 
-def _run(scenario, url, timeout=120):
-    proc = subprocess.run(_cmd(scenario, url), cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def _run(scenario, url, *options, timeout=120):
+    proc = subprocess.run(_cmd(scenario, url, *options), cwd=ROOT,
+                          env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
     assert 'greenlet.error' not in proc.stderr, proc.stderr[-3000:]
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -117,6 +118,14 @@ def test_traffic_and_io_thread_logging(bus, report):
         assert result['warnings'] == []
     report('eventlet (%s): service starts, all traffic through'
            % bus.url.split('@')[-1], STARTS)
+
+
+def test_driver_imported_before_monkey_patching(bus):
+    # eventlet then patches os.read in the os module the driver holds
+    result = _run('traffic', bus.url, '--import-first', timeout=60)
+    assert result['calls'] is True
+    assert result['notifications'] == 300
+    assert result['log_records_off_main_thread'] == []
 
 
 def test_thousand_green_calls_wait_without_cpu(bus, report):
