@@ -188,6 +188,18 @@ function _compat_rabbit_pidfile {
     echo "/var/lib/rabbitmq/mnesia/rabbit@$(hostname -s).pid"
 }
 
+# Close every file descriptor above 2 of this shell, so that a daemon it
+# starts next holds no pipe of its caller (a caller's reader would wait)
+function _compat_close_fds {
+    local fd
+    for fd in /proc/self/fd/*; do
+        fd=${fd##*/}
+        if [[ $fd -gt 2 ]]; then
+            eval "exec $fd>&-" 2>/dev/null || true
+        fi
+    done
+}
+
 # Start the local RabbitMQ node the way its systemd unit would: as user
 # rabbitmq without a PAM session (su's pam_limits cuts open files to 1024,
 # and a node with more queues than that hangs recovering them), with up to
@@ -195,10 +207,13 @@ function _compat_rabbit_pidfile {
 function _compat_start_rabbitmq {
     local wait=${AMQP1_START_TIMEOUT:-120}
     # shellcheck disable=SC2016
-    sudo env HOME=/var/lib/rabbitmq bash -c \
-        'ulimit -S -n 65536 2>/dev/null || ulimit -S -n "$(ulimit -H -n)"
-        cd /var/lib/rabbitmq && exec setpriv --reuid=rabbitmq \
-            --regid=rabbitmq --init-groups rabbitmq-server -detached'
+    (
+        _compat_close_fds
+        sudo env HOME=/var/lib/rabbitmq bash -c \
+            'ulimit -S -n 65536 2>/dev/null || ulimit -S -n "$(ulimit -H -n)"
+            cd /var/lib/rabbitmq && exec setpriv --reuid=rabbitmq \
+                --regid=rabbitmq --init-groups rabbitmq-server -detached'
+    )
     if ! sudo timeout $((wait + 30)) rabbitmqctl wait --timeout "$wait" \
             "$(_compat_rabbit_pidfile)" >/dev/null; then
         die $LINENO "RabbitMQ did not start within ${wait}s: see" \
@@ -257,7 +272,10 @@ function run_process {
     mkdir -p "$COMPAT_RUN_DIR" "$LOGDIR"
     stop_process "$service"
     # shellcheck disable=SC2086
-    setsid nohup $command >"$LOGDIR/$service.out" 2>&1 < /dev/null &
+    (
+        _compat_close_fds
+        exec setsid nohup $command >"$LOGDIR/$service.out" 2>&1 < /dev/null
+    ) &
     echo $! > "$COMPAT_RUN_DIR/$service.pid"
 }
 
@@ -285,6 +303,7 @@ function install_rpc_backend {
 function restart_rpc_backend {
     is_service_enabled rabbit || return 0
     if ! sudo rabbitmqctl -q status >/dev/null 2>&1; then
+        echo_summary "Starting RabbitMQ"
         start_service rabbitmq-server
     fi
     if sudo rabbitmqctl -q list_users | awk '{print $1}' | grep -qxF -- "$RABBIT_USERID"; then
