@@ -15,7 +15,9 @@
 # - stack pre-install   check the settings and that the daemons can be had
 # - stack install       install the driver and the daemons, configure and
 #                       start them (before any OpenStack service starts)
-# - stack post-config, stack extra, stack test-config
+# - stack extra         say where messaging goes; prove the bus (RPC and a
+#                       notification through the driver, AMQP1_BUS_CHECK)
+# - stack post-config, stack test-config  nothing
 # - unstack             stop the daemons
 # - clean               remove their state and what the plugin installed
 
@@ -46,6 +48,11 @@ if is_service_enabled amqp1; then
             ;;
         stack/extra)
             amqp1_summary
+            if [[ $AMQP1_BUS_CHECK == True ]]; then
+                # no bus-check arguments here: every check runs
+                # shellcheck disable=SC2119
+                amqp1_bus_check
+            fi
             ;;
         unstack/*)
             stop_amqp1

@@ -18,6 +18,11 @@
 # - STUB_RABBIT_VERSION what rabbitmqctl version prints (3.10.8)
 # - STUB_RABBIT_USERS   users rabbitmqctl list_users prints
 # - STUB_RABBIT_PLUGINS plugins rabbitmq-plugins list -e -m prints
+# - STUB_PYTHON_RC      exit status of DevStack's Python (AMQP1_PYTHON, a
+#                       stand-in that records its arguments) when it runs a
+#                       script, e.g. tools/bus-check (0)
+# - STUB_OSLO_MESSAGING oslo.messaging version that Python reports ("" is
+#                       none installed)
 #
 # Entry points: stub_setup (from setup), stub_load_plugin MODE,
 # stub_fake_binary NAME, stub_calls PATTERN, stub_phase ARGS...
@@ -51,10 +56,33 @@ function stub_setup {
     STUB_RABBIT_VERSION=3.10.8
     STUB_RABBIT_USERS="guest"
     STUB_RABBIT_PLUGINS=""
+    export STUB_PYTHON_RC=0 STUB_OSLO_MESSAGING="" STUB_LOG
+    REQUIREMENTS_DIR=$DEST/requirements
+    _stub_python > /dev/null
     unset AMQP1_SERVICE AMQP1_HOST AMQP1_USERNAME AMQP1_PASSWORD \
         AMQP1_DEFAULT_PORT AMQP1_NOTIFY_PORT AMQP1_RPC_TRANSPORT_URL \
         AMQP1_NOTIFY_TRANSPORT_URL AMQP1_ROUTER AMQP1_QDROUTERD_BIN \
-        AMQP1_SKROUTERD_BIN AMQP1_QPIDD_BIN AMQP1_DRIVER_OPTS AMQP1_DIR
+        AMQP1_SKROUTERD_BIN AMQP1_QPIDD_BIN AMQP1_DRIVER_OPTS AMQP1_DIR \
+        AMQP1_BUS_CHECK AMQP1_BUS_CHECK_TIMEOUT AMQP1_ANONYMOUS
+    AMQP1_PYTHON=$STUB_DIR/bin/python3
+}
+
+# Write the stand-in of DevStack's Python: "-c CODE" prints
+# STUB_OSLO_MESSAGING (fails when empty), a script run is recorded as
+# "python SCRIPT ARGS..." and exits STUB_PYTHON_RC
+function _stub_python {
+    local path=$STUB_DIR/bin/python3
+    cat > "$path" <<'PY'
+#!/bin/bash
+if [[ $1 == -c ]]; then
+    [[ -n $STUB_OSLO_MESSAGING ]] || exit 1
+    echo "$STUB_OSLO_MESSAGING"
+    exit 0
+fi
+echo "python $*" >> "$STUB_LOG"
+exit "$STUB_PYTHON_RC"
+PY
+    chmod 0755 "$path"
 }
 
 # Source the plugin's settings and libraries for mode $1 (empty: default)
@@ -224,5 +252,9 @@ function hostname {
 }
 # The port probe of amqp1_wait_for_port: "timeout 2 bash -c ... HOST PORT"
 function timeout {
-    _stub_record port-probe "${*: -2}"
+    if [[ ${2:-} == bash && ${4:-} == *"/dev/tcp/"* ]]; then
+        _stub_record port-probe "${*: -2}"
+    else
+        command timeout "$@"
+    fi
 }
