@@ -160,7 +160,16 @@ def register(conf: cfg.ConfigOpts) -> None:
     # shared object would share overrides between ConfigOpts instances
     if GROUP not in conf:
         conf.register_group(cfg.OptGroup(name=GROUP, title=_group.title))
-    conf.register_opts(amqp1_opts, group=GROUP)
+    try:
+        conf.register_opts(amqp1_opts, group=GROUP)
+    except cfg.DuplicateOptError as exc:
+        # oslo.messaging < 15 registers its own driver's options first
+        raise RuntimeError(
+            '[%s] is already registered with other definitions (%s): '
+            'oslo.messaging older than 15 still has its own AMQP 1.0 '
+            'driver. Upgrade oslo.messaging to 15 or later, or uninstall '
+            'devstack-plugin-amqp1 to use the in-tree driver'
+            % (GROUP, exc)) from exc
 
 
 def list_opts() -> list:

@@ -1,13 +1,21 @@
 #!/usr/bin/env bats
 #
 # tests/devstack/checks.bats
-# What the plugin checks around a stack: the bus the services got (stack
-# extra).
+# What the plugin checks around a stack: the oslo.messaging it will run
+# with (stack pre-install) and the bus the services got (stack extra).
 
 load stub-devstack
 
 setup() {
     stub_setup
+}
+
+# Write the requirements repository's upper-constraints.txt pinning
+# oslo.messaging to $1
+write_constraints() {
+    mkdir -p "$REQUIREMENTS_DIR"
+    printf 'oslo.log===7.1.0\noslo.messaging===%s\noslo.utils===9.0.0\n' "$1" \
+        > "$REQUIREMENTS_DIR/upper-constraints.txt"
 }
 
 @test "stack extra runs the bus check on a config written like the services'" {
@@ -63,4 +71,39 @@ setup() {
     run stub_phase stack pre-install
     [ "$status" -ne 0 ]
     [[ $output == *"AMQP1_BUS_CHECK=yes: set it to True or False"* ]]
+}
+
+@test "pre-install: a branch pinning oslo.messaging 14 stops with the way out" {
+    write_constraints 14.9.1
+    stub_load_plugin rabbit
+    run stub_phase stack pre-install
+    [ "$status" -ne 0 ]
+    [[ $output == *"oslo.messaging 14.9.1 (from $REQUIREMENTS_DIR/upper-constraints.txt)"* ]]
+    [[ $output == *"needs oslo.messaging 15 or later"* ]]
+    [[ $output == *"in-tree driver"* ]]
+}
+
+@test "pre-install: the pin wins over what the Python has now" {
+    write_constraints 18.3.1
+    STUB_OSLO_MESSAGING=14.9.1
+    stub_load_plugin rabbit
+    run stub_phase stack pre-install
+    [ "$status" -eq 0 ]
+}
+
+@test "pre-install: without constraints, the installed oslo.messaging decides" {
+    STUB_OSLO_MESSAGING=14.7.0
+    stub_load_plugin rabbit
+    run stub_phase stack pre-install
+    [ "$status" -ne 0 ]
+    [[ $output == *"oslo.messaging 14.7.0 (from $AMQP1_PYTHON)"* ]]
+    STUB_OSLO_MESSAGING=15.0.0
+    run stub_phase stack pre-install
+    [ "$status" -eq 0 ]
+}
+
+@test "pre-install: no oslo.messaging yet and no constraints is no error" {
+    stub_load_plugin rabbit
+    run stub_phase stack pre-install
+    [ "$status" -eq 0 ]
 }

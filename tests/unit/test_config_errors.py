@@ -134,3 +134,17 @@ def test_quorum_queues_refused_off_rabbitmq(conf, make_peer, kind, product):
     assert product in str(info.value)
     # nothing was attached on the peer that cannot hold quorum queues
     assert not [link for link in peer.links() if link[0] == 'receiver']
+
+
+def test_options_of_the_in_tree_driver_name_the_fix():
+    """oslo.messaging < 15 registers its own driver's options first."""
+    conf = cfg.ConfigOpts()
+    # the old driver's container_name, as oslo.messaging 14.x defined it
+    conf.register_opts([cfg.StrOpt('container_name', default='old',
+                                   help='the in-tree definition')],
+                       group='oslo_messaging_amqp')
+    with pytest.raises(om.DriverLoadFailure) as info:
+        om.get_rpc_transport(conf, 'amqp://u:p@127.0.0.1:5672/')
+    message = str(info.value)
+    assert 'oslo.messaging older than 15' in message
+    assert 'Upgrade oslo.messaging to 15 or later' in message
