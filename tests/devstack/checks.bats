@@ -107,3 +107,60 @@ write_constraints() {
     run stub_phase stack pre-install
     [ "$status" -eq 0 ]
 }
+
+@test "start: each daemon must answer as itself, with the mode's credentials" {
+    stub_fake_binary qpidd >/dev/null
+    stub_fake_binary qdrouterd >/dev/null
+    stub_load_plugin qpid-dual
+    stub_phase stack install
+    grep -qx "python $PLUGIN_DIR/tools/bus-check --timeout 20 --peer-product amqp://stackrabbit:rabbitpw@127.0.0.1:5672/ --expect qpid-dispatch-router --expect skupper-router" "$STUB_LOG"
+    grep -qx "python $PLUGIN_DIR/tools/bus-check --timeout 20 --peer-product amqp://stackrabbit:rabbitpw@127.0.0.1:45672/ --expect qpid-cpp" "$STUB_LOG"
+}
+
+@test "start: RabbitMQ must answer as RabbitMQ in rabbit mode" {
+    STUB_RABBIT_USERS="guest stackrabbit"
+    stub_load_plugin rabbit
+    stub_phase stack install
+    grep -qx "python $PLUGIN_DIR/tools/bus-check --timeout 20 --peer-product amqp://stackrabbit:rabbitpw@127.0.0.1:5672/ --expect RabbitMQ" "$STUB_LOG"
+}
+
+@test "start: a port that answers as another daemon fails the stack with the way out" {
+    stub_fake_binary qpidd >/dev/null
+    stub_load_plugin qpid
+    STUB_PYTHON_RC=1
+    run stub_phase stack install
+    [ "$status" -ne 0 ]
+    [[ $output == *"amqp1: port 5672 does not answer as qpidd"* ]]
+    [[ $output == *"stop rabbitmq-server"* ]]
+}
+
+@test "pre-install: RabbitMQ left on qpidd's port stops the stack, naming it" {
+    stub_fake_binary qpidd >/dev/null
+    STUB_LISTENERS="5672 beam.smp 4242"
+    stub_load_plugin qpid
+    run stub_phase stack pre-install
+    [ "$status" -ne 0 ]
+    [[ $output == *"qpidd of mode qpid must listen on port 5672, which beam.smp (pid 4242) holds"* ]]
+    [[ $output == *"sudo systemctl stop rabbitmq-server"* ]]
+}
+
+@test "pre-install: the mode's own daemon on its port (an earlier stack) is fine" {
+    stub_fake_binary qpidd >/dev/null
+    stub_fake_binary qdrouterd >/dev/null
+    STUB_LISTENERS="5672 qdrouterd 11 45672 qpidd 12"
+    stub_load_plugin qpid-dual
+    run stub_phase stack pre-install
+    [ "$status" -eq 0 ]
+}
+
+@test "pre-install: qpid-hybrid expects RabbitMQ on 5672, not a stranger on the router's port" {
+    stub_fake_binary qdrouterd >/dev/null
+    STUB_LISTENERS="5672 beam.smp 10"
+    stub_load_plugin qpid-hybrid
+    run stub_phase stack pre-install
+    [ "$status" -eq 0 ]
+    STUB_LISTENERS="5672 beam.smp 10 45672 nc 77"
+    run stub_phase stack pre-install
+    [ "$status" -ne 0 ]
+    [[ $output == *"qdrouterd of mode qpid-hybrid must listen on port 45672, which nc (pid 77) holds: stop it, or give qdrouterd another port (AMQP1_DEFAULT_PORT"* ]]
+}

@@ -18,6 +18,7 @@
 # - STUB_RABBIT_VERSION what rabbitmqctl version prints (3.10.8)
 # - STUB_RABBIT_USERS   users rabbitmqctl list_users prints
 # - STUB_RABBIT_PLUGINS plugins rabbitmq-plugins list -e -m prints
+# - STUB_LISTENERS      "PORT NAME PID ..." triples: what ss -ltnp shows
 # - STUB_PYTHON_RC      exit status of DevStack's Python (AMQP1_PYTHON, a
 #                       stand-in that records its arguments) when it runs a
 #                       script, e.g. tools/bus-check (0)
@@ -56,6 +57,7 @@ function stub_setup {
     STUB_RABBIT_VERSION=3.10.8
     STUB_RABBIT_USERS="guest"
     STUB_RABBIT_PLUGINS=""
+    STUB_LISTENERS=""
     export STUB_PYTHON_RC=0 STUB_OSLO_MESSAGING="" STUB_LOG
     REQUIREMENTS_DIR=$DEST/requirements
     _stub_python > /dev/null
@@ -246,6 +248,19 @@ function rabbitmq-plugins {
         # shellcheck disable=SC2086
         printf '%s\n' $STUB_RABBIT_PLUGINS
     fi
+}
+# ss -H -ltnp "sport = :PORT": one line per STUB_LISTENERS entry on PORT
+function ss {
+    local filter=${*: -1}
+    local port=${filter##*:}
+    # shellcheck disable=SC2086
+    set -- $STUB_LISTENERS
+    while [[ $# -ge 3 ]]; do
+        if [[ $1 == "$port" ]]; then
+            printf 'LISTEN 0 128 0.0.0.0:%s 0.0.0.0:* users:(("%s",pid=%s,fd=3))\n' "$1" "$2" "$3"
+        fi
+        shift 3
+    done
 }
 function hostname {
     echo testhost

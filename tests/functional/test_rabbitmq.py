@@ -498,3 +498,16 @@ def test_eventlet_monkey_patched_service():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert 'green ok' in out.stdout
+
+
+def test_bus_check_tells_rabbitmq_from_the_daemons():
+    """The plugin's readiness probe names RabbitMQ and its version."""
+    argv = [sys.executable, os.path.join(REPO_DIR, 'tools', 'bus-check'),
+            '--peer-product', URL, '--expect', 'qpid-cpp']
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stdout.startswith('RabbitMQ ')
+    assert "answers as 'RabbitMQ'" in out.stderr
+    argv[-1] = 'RabbitMQ'
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
