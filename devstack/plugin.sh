@@ -34,6 +34,10 @@ source "$AMQP1_DIR/devstack/lib/qpidd"
 # shellcheck source=devstack/lib/rabbitmq-amqp1
 source "$AMQP1_DIR/devstack/lib/rabbitmq-amqp1"
 
+# The phases run with the caller's xtrace (DevStack's convention: off while
+# sourcing, on in functions), so their commands show in stack.sh's log
+$_XTRACE_AMQP1_PLUGIN
+
 if is_service_enabled amqp1; then
     case "$1/${2:-}" in
         stack/pre-install)

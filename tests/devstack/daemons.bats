@@ -286,5 +286,39 @@ broadcast multicast" ]
     stub_load_plugin rabbit
     run stub_phase stack extra
     [ "$status" -eq 0 ]
-    [[ $output == "amqp1: mode rabbit; RPC amqp://stackrabbit:***@192.0.2.10:5672/; notifications amqp://stackrabbit:***@192.0.2.10:5672/" ]]
+    [ "${lines[0]}" = "amqp1: mode rabbit (server); RPC amqp://stackrabbit:***@192.0.2.10:5672/; notifications amqp://stackrabbit:***@192.0.2.10:5672/" ]
+    [ "${lines[1]}" = "amqp1: RabbitMQ on port 5672, log /var/log/rabbitmq" ]
+    [[ $output != *rabbitpw* ]]
+}
+
+@test "stack extra names each daemon's port and log" {
+    stub_fake_binary qpidd >/dev/null
+    stub_fake_binary qdrouterd >/dev/null
+    stub_load_plugin qpid-dual
+    run stub_phase stack extra
+    [ "$status" -eq 0 ]
+    [[ $output == *"amqp1: qdrouterd on port 5672, log $LOGDIR/qdrouterd.log"* ]]
+    [[ $output == *"amqp1: qpidd on port 45672, log $LOGDIR/qpidd.log"* ]]
+}
+
+@test "xtrace: off while the plugin is sourced, the caller's in its phases" {
+    stub_load_plugin rabbit
+    local trace=$BATS_TEST_TMPDIR/trace
+    (
+        set -o xtrace
+        stub_phase stack extra
+        # the caller's setting is back after the plugin
+        [[ $- == *x* ]]
+    ) 2> "$trace"
+    # the phase's commands are traced...
+    grep -q "amqp1_summary" "$trace"
+    grep -q "amqp1_bus_check" "$trace"
+    # ...but not the sourcing of the libraries (their definitions)
+    ! grep -q "_XTRACE_AMQP1_QPIDD=" "$trace"
+    (
+        set +o xtrace
+        stub_phase stack extra
+        [[ $- != *x* ]]
+    ) 2> "$trace"
+    ! grep -q "amqp1_summary" "$trace"
 }

@@ -95,3 +95,13 @@ PY
 @test "zuul: the Tempest jobs run more than smoke" {
     [ "$(zuul "[jobs['devstack-plugin-amqp1-tempest-base']['vars']['tox_envlist']]")" = full ]
 }
+
+@test "zuul: the multinode job runs two nodes, the subnode without a bus of its own" {
+    local job=devstack-plugin-amqp1-tempest-rabbit-multinode
+    zuul "project['check']['jobs']" | grep -qx "$job"
+    [[ $(zuul "[jobs['$job']['nodeset']]") == openstack-two-node-* ]]
+    [ "$(zuul "[jobs['$job']['group-vars']['subnode']['devstack_localrc']['AMQP1_SERVICE']]")" = rabbit ]
+    # the plugin's client role needs the subnode without DevStack's rabbit
+    [ -z "$(zuul "[s for s, on in jobs['$job']['group-vars']['subnode']['devstack_services'].items() if on and s in ('rabbit', 'amqp1-router', 'amqp1-qpidd')]")" ]
+    zuul "[s for s, on in jobs['$job']['group-vars']['subnode']['devstack_services'].items() if on]" | grep -qx n-cpu
+}

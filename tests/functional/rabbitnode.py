@@ -54,8 +54,14 @@ def _has_amqp1_plugin(server):
                              'plugins/rabbitmq_amqp1_0*'))
 
 
-def port_open(port, host='127.0.0.1') -> bool:
-    """Whether something accepts TCP connections on host:port."""
+def port_open(port, host='127.0.0.1', netns=None) -> bool:
+    """Whether something accepts TCP connections on host:port (in netns)."""
+    if netns:
+        probe = subprocess.run(
+            ['ip', 'netns', 'exec', netns, 'bash', '-c',
+             'exec 3<>"/dev/tcp/$0/$1"', host, str(port)],
+            capture_output=True, timeout=10)
+        return probe.returncode == 0
     try:
         socket.create_connection((host, port), timeout=0.5).close()
         return True
@@ -89,24 +95,28 @@ def _alive(pid) -> bool:
 class RabbitNode:
     """One RabbitMQ node on port (AMQP 0-9-1 and 1.0) and port + 1.
 
-    config: more rabbitmq.conf lines; plugins: more plugins to enable.
+    config: more rabbitmq.conf lines; plugins: more plugins to enable;
+    netns: a network namespace to run in, listening on host there.
     """
 
     def __init__(self, server, base_dir, name, port, user='guest',
-                 password='guest', config='', plugins=()) -> None:
+                 password='guest', config='', plugins=(), netns=None,
+                 host='127.0.0.1') -> None:
         self.server = server
         self.user = user
         self.password = password
         self.dir = os.path.join(base_dir, name)
         self.name = name
         self.port = port
+        self.netns = netns
+        self.host = host
         self.proc = None
         os.makedirs(self.dir, exist_ok=True)
         with open(os.path.join(self.dir, 'rabbitmq.conf'), 'w') as f:
-            f.write('listeners.tcp.default = 127.0.0.1:%d\n'
+            f.write('listeners.tcp.default = %s:%d\n'
                     'loopback_users = none\n'
                     'default_user = %s\ndefault_pass = %s\n%s'
-                    % (port, user, password, config))
+                    % (host, port, user, password, config))
         plugins = list(plugins)
         if _has_amqp1_plugin(server):
             plugins.append('rabbitmq_amqp1_0')
@@ -116,9 +126,15 @@ class RabbitNode:
     @property
     def url(self) -> str:
         """The node's amqp:// URL with its user and password."""
-        return 'amqp://%s:%s@127.0.0.1:%d/' % (
+        return 'amqp://%s:%s@%s:%d/' % (
             urllib.parse.quote(self.user, safe=''),
-            urllib.parse.quote(self.password, safe=''), self.port)
+            urllib.parse.quote(self.password, safe=''), self.host, self.port)
+
+    def _argv(self, argv):
+        """argv run in the node's network namespace, if it has one."""
+        if self.netns:
+            return ['ip', 'netns', 'exec', self.netns] + argv
+        return argv
 
     def _env(self):
         env = dict(os.environ)
@@ -140,7 +156,8 @@ class RabbitNode:
         start = time.monotonic()
         log = open(os.path.join(self.dir, 'console.log'), 'ab')
         self.proc = subprocess.Popen(
-            [self.server], env=self._env(), cwd=self.dir, stdout=log,
+            self._argv([self.server]), env=self._env(), cwd=self.dir,
+            stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
         log.close()
@@ -148,9 +165,9 @@ class RabbitNode:
             if self.proc.poll() is not None:
                 raise RuntimeError('RabbitMQ node %s exited: see %s' %
                                    (self.name, self.dir))
-            if port_open(self.port):
+            if port_open(self.port, self.host, self.netns):
                 return time.monotonic() - start
-            time.sleep(0.1)
+            time.sleep(0.1 if self.netns is None else 0.5)
         self.kill()
         raise RuntimeError('RabbitMQ node %s did not listen on %d within '
                            '%ss: see %s' % (self.name, self.port,
@@ -160,9 +177,9 @@ class RabbitNode:
         """rabbitmqctl on this node (the script beside the server's)."""
         ctl = os.path.join(os.path.dirname(self.server), 'rabbitmqctl')
         env = self._env()
-        out = subprocess.run([ctl, '-n', env['RABBITMQ_NODENAME']] +
-                             list(args), env=env, capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(
+            self._argv([ctl, '-n', env['RABBITMQ_NODENAME']] + list(args)),
+            env=env, capture_output=True, text=True, timeout=60)
         if out.returncode:
             raise RuntimeError('rabbitmqctl %s: %s' % (
                 ' '.join(args), out.stderr[-500:]))
@@ -181,7 +198,8 @@ class RabbitNode:
         self.proc = None
         # the Erlang VM is a child of the script: gone only once it is dead
         deadline = time.monotonic() + 30
-        while (any(_alive(pid) for pid in group) or port_open(self.port)) \
+        while (any(_alive(pid) for pid in group)
+               or port_open(self.port, self.host, self.netns)) \
                 and time.monotonic() < deadline:
             time.sleep(0.05)
 
