@@ -3,8 +3,9 @@
 #
 # devstack/plugin.sh
 # Phase dispatcher of devstack-plugin-amqp1: the work lives in
-# devstack/lib/amqp1 (modes, URLs, overrides) and one file per daemon
-# (devstack/lib/qdrouterd, devstack/lib/qpidd, devstack/lib/rabbitmq-amqp1).
+# devstack/lib/amqp1 (modes, URLs, overrides), devstack/lib/amqp1-tls (TLS
+# files) and one file per daemon (devstack/lib/qdrouterd, devstack/lib/qpidd,
+# devstack/lib/rabbitmq-amqp1).
 
 # Dependencies:
 #
@@ -27,6 +28,8 @@ set +o xtrace
 
 # shellcheck source=devstack/lib/amqp1
 source "$AMQP1_DIR/devstack/lib/amqp1"
+# shellcheck source=devstack/lib/amqp1-tls
+source "$AMQP1_DIR/devstack/lib/amqp1-tls"
 # shellcheck source=devstack/lib/qdrouterd
 source "$AMQP1_DIR/devstack/lib/qdrouterd"
 # shellcheck source=devstack/lib/qpidd
