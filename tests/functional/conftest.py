@@ -85,10 +85,12 @@ class Daemon(object):
 
     name = None
 
-    def __init__(self, binary, workdir, users=None):
+    def __init__(self, binary, workdir, users=None, tls=None):
         self.binary = binary
         self.workdir = workdir
         self.users = dict(users or {})
+        # tls: a tlsfiles.make_pki directory; the listener requires TLS
+        self.tls = tls
         self.port = free_port()
         self.proc = None
         self.output = os.path.join(workdir, '%s.out' % self.name)
@@ -107,7 +109,9 @@ class Daemon(object):
         if user is None and self.users:
             user, password = next(iter(self.users.items()))
         cred = '%s:%s@' % (user, password) if user else ''
-        return 'amqp://%s%s:%d/' % (cred, LOCALHOST, self.port)
+        # with TLS the name the test CA's certificate carries
+        host = 'localhost' if self.tls else LOCALHOST
+        return 'amqp://%s%s:%d/' % (cred, host, self.port)
 
     def _write(self, path, text):
         with open(path, 'w') as f:
@@ -191,14 +195,25 @@ class Qdrouterd(Daemon):
         self._write(os.path.join(self.sasl_dir, 'amqp1-router.conf'),
                     render('amqp1-sasl2.conf.in', DAEMON='qdrouterd',
                            SASLDB=sasldb, MECHS=mechs))
+        # as configure_amqp1_router writes it with AMQP1_SSL=True
+        tls = {'LISTENER_SSL_PROFILE': '', 'LISTENER_REQUIRE_SSL': ''}
+        text = ''
+        if self.tls:
+            tls = {'LISTENER_SSL_PROFILE': 'sslProfile: amqp1-tls',
+                   'LISTENER_REQUIRE_SSL': 'requireSsl: yes'}
+            text = render('amqp1-router-tls.conf.in',
+                          CERT_FILE=os.path.join(self.tls, 'server.pem'),
+                          KEY_FILE=os.path.join(self.tls, 'server.key'),
+                          CA_FILE=os.path.join(self.tls, 'ca.pem'))
         self.conf = self._write(
             os.path.join(self.workdir, 'qdrouterd.conf'),
             render('amqp1-router.conf.in', ROUTER='qdrouterd',
-                   ROUTER_ID='functional-%d' % self.port,
+                   ROUTER_ID='functional-%d' % self.port, WORKER_THREADS=2,
                    SASL_DIR=self.sasl_dir, SASL_NAME='amqp1-router',
                    LISTEN_HOST=LOCALHOST, PORT=self.port,
                    AUTHENTICATE='yes' if self.users else 'no',
-                   SASL_MECHANISMS=mechs, LOG_FILE=self.log_file))
+                   SASL_MECHANISMS=mechs, LOG_FILE=self.log_file, **tls)
+            + text)
 
     def command(self):
         return [self.binary, '-c', self.conf]
@@ -258,15 +273,15 @@ class DaemonFactory(object):
         """The binary of kind, or skip."""
         return daemon_binary(kind)
 
-    def start(self, kind, users=None) -> Daemon:
+    def start(self, kind, users=None, tls=None) -> Daemon:
         binary = daemon_binary(kind)
         workdir = str(self._tmp.mktemp(kind))
-        daemon = _CLASSES[kind](binary, workdir, users)
+        daemon = _CLASSES[kind](binary, workdir, users, tls)
         self.started.append(daemon)
         return daemon.start()
 
-    def qdrouterd(self, users=None) -> Daemon:
-        return self.start('qdrouterd', users)
+    def qdrouterd(self, users=None, tls=None) -> Daemon:
+        return self.start('qdrouterd', users, tls)
 
     def qpidd(self, users=None) -> Daemon:
         return self.start('qpidd', users)

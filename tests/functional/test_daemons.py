@@ -19,6 +19,7 @@ every test skips with a reason when its daemon is not given.
 
 import concurrent.futures
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -27,6 +28,7 @@ import time
 import oslo_messaging as om
 import pytest
 
+from tests.functional import tlsfiles
 from tests.functional import utils
 
 CTXT = {'user': 'bob'}
@@ -357,6 +359,29 @@ def test_qdrouterd_sasl_plain(daemons):
         assert time.monotonic() - start < 4
     finally:
         bad.cleanup()
+
+
+def test_qdrouterd_tls_as_the_plugin_configures_it(daemons, tmp_path):
+    """AMQP1_SSL=True: the router requires TLS; the driver verifies it."""
+    pki = tlsfiles.make_pki(str(tmp_path / 'pki'))
+    router = daemons.qdrouterd(tls=pki)
+    ca_file = os.path.join(pki, 'ca.pem')
+    node = utils.Node(router.url(), ssl=True, ssl_ca_file=ca_file)
+    try:
+        topic = utils.unique('tls')
+        start_server(node, topic, 'host1')
+        assert node.client(topic).call(CTXT, 'echo', value='tls') == {
+            'echo': 'tls', 'server': 'host1', 'user': 'bob'}
+    finally:
+        node.cleanup()
+    # a client without TLS gets nowhere: the listener requires it
+    plain = utils.Node(router.url())
+    try:
+        with pytest.raises(om.MessagingException):
+            plain.client(utils.unique('tls'), timeout=4).call(
+                CTXT, 'echo', value=0)
+    finally:
+        plain.cleanup()
 
 
 def test_concurrent_threads_share_one_connection(node):
