@@ -168,3 +168,15 @@ devstack_callers() {
     stub_load_plugin rabbit
     [ "$(get_transport_url)" = "rabbit://devstack" ]
 }
+
+@test "external: a cluster's URL with several hosts reaches every caller, vhosts too" {
+    AMQP1_RPC_TRANSPORT_URL="amqp://u:p@10.0.0.1:5672,u:p@10.0.0.2:5672,u:p@10.0.0.3:5672/"
+    AMQP1_DRIVER_OPTS="rabbit_quorum_queue=True"
+    stub_load_plugin external
+    [ "$(get_transport_url nova_cell1)" = "amqp://u:p@10.0.0.1:5672,u:p@10.0.0.2:5672,u:p@10.0.0.3:5672/nova_cell1" ]
+    [ "$(get_notification_url)" = "amqp://u:p@10.0.0.1:5672,u:p@10.0.0.2:5672,u:p@10.0.0.3:5672/" ]
+    iniset_rpc_backend nova /etc/nova/nova.conf
+    grep -qx "iniset /etc/nova/nova.conf oslo_messaging_amqp rabbit_quorum_queue True" "$STUB_LOG"
+    run stub_phase stack pre-install
+    [ "$status" -eq 0 ]
+}
