@@ -10,7 +10,7 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""The addresses on the wire for each addressing mode (DESIGN.md §4).
+"""The addresses on the wire for each addressing mode (README: "Addresses").
 
 RPC servers and clients go through the public oslo.messaging API; the
 addresses are read back from the peer's links and received messages.

@@ -10,7 +10,7 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""What the driver puts on the wire (the old driver's format, DESIGN §4)."""
+"""What the driver puts on the wire: the old driver's format, kept."""
 
 import json
 import os
