@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 
 import pytest
 
@@ -345,6 +346,14 @@ class RabbitNodes(object):
         self._nodes.append(node)
         node.start()
         return node
+
+    def cluster(self, size=3, **options) -> list:
+        """size nodes started with one cookie, joined to the first."""
+        cookie = uuid.uuid4().hex.upper()
+        nodes = [self.node(cookie=cookie, **options) for _ in range(size)]
+        for node in nodes[1:]:
+            node.join(nodes[0])
+        return nodes
 
     def remove_all(self):
         for node in self._nodes:

@@ -96,12 +96,13 @@ class RabbitNode:
     """One RabbitMQ node on port (AMQP 0-9-1 and 1.0) and port + 1.
 
     config: more rabbitmq.conf lines; plugins: more plugins to enable;
-    netns: a network namespace to run in, listening on host there.
+    netns: a network namespace to run in, listening on host there;
+    cookie: the Erlang cookie (nodes of one cluster share it).
     """
 
     def __init__(self, server, base_dir, name, port, user='guest',
                  password='guest', config='', plugins=(), netns=None,
-                 host='127.0.0.1') -> None:
+                 host='127.0.0.1', cookie=None) -> None:
         self.server = server
         self.user = user
         self.password = password
@@ -112,6 +113,11 @@ class RabbitNode:
         self.host = host
         self.proc = None
         os.makedirs(self.dir, exist_ok=True)
+        if cookie:
+            path = os.path.join(self.dir, '.erlang.cookie')
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                              0o400), 'w') as f:
+                f.write(cookie)
         with open(os.path.join(self.dir, 'rabbitmq.conf'), 'w') as f:
             f.write('listeners.tcp.default = %s:%d\n'
                     'loopback_users = none\n'
@@ -122,6 +128,17 @@ class RabbitNode:
             plugins.append('rabbitmq_amqp1_0')
         with open(os.path.join(self.dir, 'enabled_plugins'), 'w') as f:
             f.write('[%s].\n' % ','.join(plugins))
+
+    @property
+    def node_name(self) -> str:
+        """The Erlang node name (name@localhost)."""
+        return '%s@localhost' % self.name
+
+    def join(self, other) -> None:
+        """Join other's cluster (this node stops its app meanwhile)."""
+        self.ctl('stop_app')
+        self.ctl('join_cluster', other.node_name)
+        self.ctl('start_app')
 
     @property
     def url(self) -> str:
