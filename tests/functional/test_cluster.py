@@ -29,7 +29,6 @@ import json
 import threading
 import time
 
-import oslo_messaging as om
 import pytest
 
 from tests.functional import utils
@@ -65,24 +64,11 @@ class Traffic:
         self.client = self.client_node.client(topic, timeout=CALL_TIMEOUT)
         utils.wait_ready(self.client, value=0, timeout=60)
         self.stop = threading.Event()
-        self.calls = []
         self.sent = []
-        self._threads = [threading.Thread(target=self._call, daemon=True)
+        self._callers = [utils.Caller(self.client, self.stop)
                          for _ in range(4)]
-        self._threads.append(threading.Thread(target=self._notify,
-                                              daemon=True))
-
-    def _call(self):
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            start = time.monotonic()
-            try:
-                ok = self.client.call({}, 'echo', value=n)['echo'] == n
-            except (om.MessagingTimeout, om.MessageDeliveryFailure):
-                ok = False
-                time.sleep(0.05)
-            self.calls.append((start, time.monotonic(), ok))
+        self._threads = self._callers + [
+            threading.Thread(target=self._notify, daemon=True)]
 
     def _notify(self):
         notifier = self.client_node.notifier(self.topic)
@@ -111,7 +97,8 @@ class Traffic:
         while len(set(got)) < NOTIFICATIONS and time.monotonic() < deadline:
             got += [item['payload']['n'] for item in
                     self.server.recorder.wait('notify', NOTIFICATIONS, 2)]
-        return got, self.calls
+        return got, [call for caller in self._callers
+                     for call in caller.calls]
 
     def cleanup(self):
         self.stop.set()

@@ -105,32 +105,10 @@ def test_notifications_survive_two_broker_kills(rabbit_nodes, report):
     assert lost == 0, 'lost %d of %d notifications' % (lost, NOTIFICATIONS)
 
 
-class _Caller(threading.Thread):
-    """Calls echo in a loop; records (start, end, ok) of every call."""
-
-    def __init__(self, client, stop) -> None:
-        super().__init__(daemon=True)
-        self.client = client
-        self.stop = stop
-        self.calls = []
-
-    def run(self) -> None:
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            start = time.monotonic()
-            try:
-                ok = self.client.call({}, 'echo', value=n)['echo'] == n
-            except (om.MessagingTimeout, om.MessageDeliveryFailure):
-                ok = False
-                time.sleep(0.05)
-            self.calls.append((start, time.monotonic(), ok))
-
-
 def _run_callers(client, threads, body):
     """Run `threads` callers while body() runs; return their calls."""
     stop = threading.Event()
-    callers = [_Caller(client, stop) for _ in range(threads)]
+    callers = [utils.Caller(client, stop) for _ in range(threads)]
     for caller in callers:
         caller.start()
     try:

@@ -22,6 +22,7 @@ its options on any ConfigOpts. Timeouts are small enough for tests.
 servers, notification listeners and what their endpoints received.
 """
 
+import threading
 import time
 import uuid
 
@@ -160,3 +161,25 @@ def wait_fanout_ready(cast_probe, recorder_wait, timeout=10.0):
         if sent.intersection(recorder_wait(0.5)):
             return
     raise AssertionError('no fanout probe arrived within %ss' % timeout)
+
+
+class Caller(threading.Thread):
+    """Calls echo in a loop; records (start, end, ok) of every call."""
+
+    def __init__(self, client, stop) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.stop = stop
+        self.calls = []
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            start = time.monotonic()
+            try:
+                ok = self.client.call({}, 'echo', value=n)['echo'] == n
+            except (om.MessagingTimeout, om.MessageDeliveryFailure):
+                ok = False
+                time.sleep(0.05)
+            self.calls.append((start, time.monotonic(), ok))
