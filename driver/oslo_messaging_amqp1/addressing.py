@@ -62,11 +62,16 @@ def rabbitmq_major(properties: dict) -> int:
 
 
 class Addresser:
-    """Base: exchange defaulting and the pieces every mode shares."""
+    """Base: exchange defaulting and the pieces every mode shares.
+
+    A subclass answers the five ``rpc_*``/``notify_*`` questions below for
+    its intermediary; ``listen=True`` asks for the source a server reads,
+    otherwise for the target a client sends to.
+    """
 
     mode = None
-    # must every message carry a body section (heartbeats have none)?
-    needs_body = False
+    # can each notification pool get its own copy of every notification?
+    pools = False
 
     def __init__(self, conf, default_exchange: str = None,
                  vhost: str = None) -> None:
@@ -105,6 +110,26 @@ class Addresser:
     def reply_listen(self):
         """The reply source: None asks the peer for a dynamic source."""
         return None
+
+    def rpc_server(self, target, listen=False) -> Route:
+        """Requests to one server of target's topic."""
+        raise NotImplementedError
+
+    def rpc_topic(self, target, listen=False) -> Route:
+        """Requests to any one server of target's topic."""
+        raise NotImplementedError
+
+    def rpc_fanout(self, target, listen=False) -> Route:
+        """Requests to every server of target's topic."""
+        raise NotImplementedError
+
+    def notify_send(self, target) -> Route:
+        """Where a notification for target goes."""
+        raise NotImplementedError
+
+    def notify_listen(self, target, pool=None) -> Route:
+        """The source a listener (in pool, if any) reads target from."""
+        raise NotImplementedError
 
 
 class LegacyAddresser(Addresser):
@@ -179,7 +204,7 @@ class RabbitAddresser(Addresser):
     """
 
     mode = RABBITMQ
-    needs_body = True
+    pools = True
 
     def __init__(self, conf, default_exchange=None, vhost=None,
                  major: int = 4, reply_queue: str = None) -> None:

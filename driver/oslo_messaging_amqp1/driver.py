@@ -21,6 +21,7 @@ from oslo_messaging_amqp1 import controller
 from oslo_messaging_amqp1 import eventloop
 from oslo_messaging_amqp1 import green
 from oslo_messaging_amqp1 import opts
+from oslo_messaging_amqp1 import tasks
 
 LOG = green.IOLogger(__name__)
 # how much longer than its own timeout a caller waits for the I/O thread
@@ -81,7 +82,7 @@ class ProtonListener(base.PollStyleListener):
         self.ctl = ctl
         self.rpc = rpc
         self.inbox = eventloop.Inbox()
-        self.sub = controller.Subscription(routes, self.inbox, credit, label)
+        self.sub = tasks.Subscription(routes, self.inbox, credit, label)
         ctl.subscribe(self.sub)
 
     @base.batch_poll_helper
@@ -162,7 +163,7 @@ class ProtonDriver(base.BaseDriver):
                 self._pid = pid
             return self._ctl
 
-    def _run(self, task: controller.SendTask):
+    def _run(self, task: tasks.SendTask):
         self._controller().submit(task)
         result = task.waiter.wait(task.timeout + _GRACE)
         if not task.waiter.done():
@@ -170,7 +171,7 @@ class ProtonDriver(base.BaseDriver):
                                       (task.timeout, task.label))
         return result
 
-    def _run_windowed(self, task: controller.SendTask, key=None) -> None:
+    def _run_windowed(self, task: tasks.SendTask, key=None) -> None:
         """Hand task to the I/O thread and return (see send_window).
 
         Only while connected and, with a key, once a send to the same key
@@ -181,7 +182,7 @@ class ProtonDriver(base.BaseDriver):
         """
         window = self._window
         ctl = self._controller()
-        if (window is None or ctl.state != controller.ACTIVE or
+        if (window is None or not ctl.active or
                 (key is not None and key not in self._proven) or
                 not window.acquire(task.timeout + _GRACE)):
             self._run(task)
@@ -206,7 +207,7 @@ class ProtonDriver(base.BaseDriver):
     def send_raw(self, address: str, message, kind: str) -> None:
         """Send a reply or heartbeat to a reply address; never raises."""
         timeout = self._opts.default_reply_timeout
-        task = controller.SendTask(
+        task = tasks.SendTask(
             lambda a: addressing.Route(address), message, timeout,
             self._opts.default_reply_retry,
             kind == 'heartbeat' or 'rpc-reply' in self._pre_settled,
@@ -234,7 +235,7 @@ class ProtonDriver(base.BaseDriver):
         kind = 'call' if wait_for_reply else 'cast'
         if wait_for_reply:
             msg.id = codec.new_message_id()
-        task = controller.SendTask(
+        task = tasks.SendTask(
             lambda a: a.rpc_send(target), msg, timeout, retry,
             ('rpc-call' if wait_for_reply else 'rpc-cast') in
             self._pre_settled, is_call=bool(wait_for_reply),
@@ -273,7 +274,7 @@ class ProtonDriver(base.BaseDriver):
         msg = codec.encode_request(ctxt, message,
                                    use_envelope=(version == 2.0))
         msg.durable = True
-        task = controller.SendTask(
+        task = tasks.SendTask(
             lambda a: a.notify_send(target), msg,
             self._opts.default_notify_timeout, retry,
             'notify' in self._pre_settled,
@@ -298,7 +299,7 @@ class ProtonDriver(base.BaseDriver):
                    for t, priority in targets_and_priorities]
 
         def routes(addresser):
-            if pool and addresser.mode != addressing.RABBITMQ:
+            if pool and not addresser.pools:
                 LOG.warning('Pool %s: %s addressing cannot give each pool '
                             'its own copy; all listeners share the '
                             'notifications', pool, addresser.mode)

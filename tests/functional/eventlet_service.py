@@ -246,7 +246,7 @@ def idle(url, result) -> None:
     for n in range(1000):
         pool.spawn_n(lambda n=n: answers.append(
             client.call({}, 'echo', value=n)['value']))
-    calls = transport._driver._ctl.calls
+    calls = transport._driver._ctl.replies.calls
     result['in_flight'] = wait_for(lambda: len(calls) >= 1000, 30)
     eventlet.sleep(0.5)
     before = os.times()

@@ -22,7 +22,7 @@ comes through with the right result.
 Runs against the in-process router and broker peers (tests/peers.py) always
 and against RabbitMQ when AMQP1_TEST_RABBIT_URL is set.  The reply address
 is read from the running transport's controller
-(``transport._driver._ctl.reply.address``): test-only introspection.
+(``transport._driver._ctl.replies.address``): test-only introspection.
 """
 
 import json
@@ -412,8 +412,8 @@ def test_malformed_replies_during_a_call(env, report):
     try:
         assert ep.started.wait(WAIT)
         ctl = _ctl(t)
-        reply_address = ctl.reply.address
-        (in_flight,) = list(ctl.calls)
+        reply_address = ctl.replies.address
+        (in_flight,) = list(ctl.replies.calls)
         cases = _drop_unsupported(env, malformed_replies(in_flight))
         lines = env.feed(reply_address, cases)
     finally:
@@ -447,8 +447,8 @@ def test_malformed_reply_to_the_call_in_flight(env, body):
     try:
         assert ep.started.wait(WAIT)
         ctl = _ctl(t)
-        (in_flight,) = list(ctl.calls)
-        lines = env.feed(ctl.reply.address,
+        (in_flight,) = list(ctl.replies.calls)
+        lines = env.feed(ctl.replies.address,
                          [('bad', _msg(body, correlation_id=in_flight))])
         caller.join(WAIT)
         assert not caller.is_alive()

@@ -78,7 +78,7 @@ def test_thousand_calls_in_flight(rabbit_nodes, report):
         for thread in threads:
             thread.start()
         # calls sent and waiting for their reply, as the driver counts them
-        calls = clients.transport._driver._ctl.calls
+        calls = clients.transport._driver._ctl.replies.calls
         in_flight = 0
         deadline = time.monotonic() + 60
         while in_flight < IN_FLIGHT and time.monotonic() < deadline:

@@ -172,7 +172,7 @@ def test_stopped_server_frees_its_links(bus):
     server = bus.server(t, om.Target(topic=topic, server='s'), Recorder('s'))
     _ready(om.get_rpc_client(t, om.Target(topic=topic, server='s')))
     ctl = t._driver._ctl
-    [sub] = [sub for sub in ctl.subs if topic in sub.label]
+    [sub] = [sub for sub in ctl.receiving.subs if topic in sub.label]
     receivers = len(sub.links)
     assert receivers >= 2
     links = pyngus_compat.link_count(ctl.conn)
@@ -237,7 +237,7 @@ def test_quorum_queues(bus, conf):
         assert _wait_for(lambda: notifier.info({}, 'e', {'n': 1}) or seen)
         queues = {}
         for transport in (t, nt):
-            for sub in transport._driver._ctl.subs:
+            for sub in transport._driver._ctl.receiving.subs:
                 for rx in sub.links:
                     for op in rx.route.declare:
                         if hasattr(op, 'durable'):

@@ -341,7 +341,7 @@ def test_calls_to_a_leaving_server_are_served_by_another(messaging, router):
     stopping.start()
     # host1 has sent its detaches; the router routes to it for 3 s more
     ctl = transport._driver._ctl
-    assert router.wait_for(lambda: not ctl.subs, 5)
+    assert router.wait_for(lambda: not ctl.receiving.subs, 5)
     assert helpers.receivers(router, TOPIC) == 2
     results = [client.call({}, 'echo', value=i) for i in range(8)]
     stopping.join(10)

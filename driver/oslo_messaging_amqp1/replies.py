@@ -1,0 +1,173 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""This process's reply link and the calls that wait for replies.
+
+A call goes out only once the reply link has an address (a dynamic source
+on a router or qpidd, a declared reply queue on RabbitMQ); its reply and
+the server's heartbeats find it by correlation id. Runs on the I/O thread.
+"""
+
+import uuid
+
+import oslo_messaging as om
+
+from oslo_messaging_amqp1 import addressing
+from oslo_messaging_amqp1 import codec
+from oslo_messaging_amqp1 import green
+from oslo_messaging_amqp1 import links
+
+LOG = green.IOLogger(__name__)
+
+
+class Replies:
+    """The reply link, the calls waiting for it and those in flight."""
+
+    def __init__(self, ctl) -> None:
+        self.ctl = ctl
+        self.link = None            # links.ReplyLink
+        self.waiting = []           # calls waiting for the reply address
+        self.calls = {}             # message id -> tasks.SendTask
+        self.retry_timer = None
+        # RabbitMQ only: kept across reconnects, so late replies find it
+        self.queue = 'reply.' + uuid.uuid4().hex
+
+    @property
+    def address(self):
+        """Where replies to this process go (None until attached)."""
+        return self.link.address if self.link is not None else None
+
+    def ready_for(self, task) -> bool:
+        """True when call task can go now; else it waits for the link."""
+        if self.address is not None:
+            return True
+        task.stage = 'waiting for the reply link'
+        self.waiting.append(task)
+        self.attach()
+        return False
+
+    def track(self, task) -> None:
+        """Address task's replies to us and expect them (transmit time)."""
+        task.message.reply_to = self.address
+        self.calls[task.message.id] = task
+        if task.monitor and task.monitor_timer is None:
+            self._arm_monitor(task)
+
+    def forget(self, task) -> None:
+        """Stop expecting a reply to task (sent again, failed or done)."""
+        call_id = task.call_id
+        if call_id is not None:
+            self.calls.pop(call_id, None)
+
+    def cancel(self, task) -> None:
+        """Task timed out or failed: forget it wherever it waits."""
+        self.forget(task)
+        if task in self.waiting:
+            self.waiting.remove(task)
+
+    # ------------------------------------------------------------------
+    # the link
+    # ------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Attach the reply link unless it is there (connection up)."""
+        ctl = self.ctl
+        if self.link is not None or not ctl.active:
+            return
+        route = ctl.addresser.reply_listen()
+        credit = ctl.opts.reply_link_credit
+        rx = links.ReplyLink(self, route or addressing.Route(None), credit)
+        self.link = rx
+
+        def attach(error=None):
+            if self.link is not rx or not ctl.active:
+                return
+            if error:
+                LOG.error('Cannot set up the reply queue: %s', error)
+                self.gone(error)
+                return
+            source = route.address if route else None
+            rx.attach(ctl.conn, source or ctl.container_id, source, credit)
+        ctl.declare_then(route, attach)
+
+    def connection_up(self) -> None:
+        """Attach again if calls wait or replies are due."""
+        if self.calls or self.waiting:
+            self.attach()
+
+    def connection_lost(self) -> None:
+        """The link died with the connection."""
+        self.link = None
+
+    def ready(self) -> None:
+        """The reply address is known: send the calls that waited."""
+        waiting, self.waiting = self.waiting, []
+        for task in waiting:
+            self.ctl.sends.dispatch(task)
+
+    def gone(self, why: str) -> None:
+        """The reply link died: set it up again later."""
+        self.link = None
+        ctl = self.ctl
+        if ctl.active and self.retry_timer is None:
+            def retry():
+                self.retry_timer = None
+                if self.waiting or self.calls:
+                    self.attach()
+            self.retry_timer = ctl.loop.call_later(
+                ctl.opts.link_retry_delay, retry)
+
+    def drop_link(self, link) -> None:
+        """Free the closed link once its callbacks returned."""
+        self.ctl.drop_link(link)
+
+    def received(self, message) -> None:
+        """Hand a reply or heartbeat to the call waiting for it."""
+        cid = message.correlation_id
+        # our ids are strings; a binary one arrives as an unhashable
+        # memoryview and must not break the reply link
+        task = self.calls.get(cid) if isinstance(cid, str) else None
+        if task is None:
+            LOG.warning('Dropped a reply for an unknown or expired call '
+                        '(correlation id %r)', message.correlation_id)
+            return
+        if codec.is_heartbeat(message):
+            if task.monitor:
+                if task.monitor_timer is not None:
+                    task.monitor_timer.cancel()
+                self._arm_monitor(task)
+            return
+        del self.calls[cid]
+        task.finish(message)
+
+    # ------------------------------------------------------------------
+    # the call monitor
+    # ------------------------------------------------------------------
+
+    def _arm_monitor(self, task) -> None:
+        task.monitor_timer = self.ctl.loop.call_later(
+            task.monitor, lambda: self._monitor_expired(task))
+
+    def _monitor_expired(self, task) -> None:
+        if task.waiter.done():
+            return
+        self.forget(task)
+        task.finish(error=om.MessagingTimeout(
+            'No heartbeat from the server of %s within the call monitor '
+            'timeout of %ss' % (task.label, task.monitor)))
+
+    # ------------------------------------------------------------------
+    # failing what waits
+    # ------------------------------------------------------------------
+
+    def fail_waiting(self, text: str) -> None:
+        """Fail the calls waiting for the reply link."""
+        waiting, self.waiting = self.waiting, []
+        for task in waiting:
+            self.ctl.sends.fail(task, om.MessageDeliveryFailure(text))
+
+    def fail_all(self, text: str) -> None:
+        """Fail every call, waiting or sent (shutdown)."""
+        self.fail_waiting(text)
+        for task in list(self.calls.values()):
+            self.ctl.sends.fail(task, om.MessageDeliveryFailure(text))
