@@ -9,7 +9,8 @@
 
 # Dependencies:
 #
-# - DevStack's ``functions`` and this plugin's ``devstack/settings``
+# - DevStack's ``functions`` and this plugin's ``devstack/settings``, which
+#   DevStack sources first and which sources every file in devstack/lib
 #
 # DevStack sources this file with the phase as arguments, in this order:
 #
@@ -25,17 +26,6 @@
 # Save trace setting
 _XTRACE_AMQP1_PLUGIN=$(set +o | grep xtrace)
 set +o xtrace
-
-# shellcheck source=devstack/lib/amqp1
-source "$AMQP1_DIR/devstack/lib/amqp1"
-# shellcheck source=devstack/lib/amqp1-tls
-source "$AMQP1_DIR/devstack/lib/amqp1-tls"
-# shellcheck source=devstack/lib/qdrouterd
-source "$AMQP1_DIR/devstack/lib/qdrouterd"
-# shellcheck source=devstack/lib/qpidd
-source "$AMQP1_DIR/devstack/lib/qpidd"
-# shellcheck source=devstack/lib/rabbitmq-amqp1
-source "$AMQP1_DIR/devstack/lib/rabbitmq-amqp1"
 
 # The phases run with the caller's xtrace (DevStack's convention: off while
 # sourcing, on in functions), so their commands show in stack.sh's log

@@ -8,7 +8,9 @@
 # sudo). It provides only what the plugin calls, with DevStack's names and
 # arguments, plus the two steps stack.sh itself runs for RabbitMQ right
 # after "stack pre-install" (install_rpc_backend, restart_rpc_backend).
-# It is never sourced in a real DevStack run.
+# It is never sourced in a real DevStack run. The bats tests source it too
+# (tests/devstack/stub-devstack.bash) and replace what changes the machine
+# with recorders, so that both fakes share one DevStack behaviour.
 
 # Dependencies: bash, coreutils, awk; apt-get or dnf for packages.
 #

@@ -131,6 +131,12 @@ function _stub_record {
 # DevStack functions
 # ------------------
 
+# One fake DevStack for the standalone and these tests: the bookkeeping
+# (services, distribution, die) comes from tools/devstack-compat.sh as is;
+# what would change the machine is replaced below by a recorder.
+# shellcheck source=tools/devstack-compat.sh
+source "$PLUGIN_DIR/tools/devstack-compat.sh"
+
 function define_plugin {
     _stub_record define_plugin "$@"
 }
@@ -139,18 +145,6 @@ function echo_summary {
 }
 function warn {
     _stub_record warn "$@"
-}
-function die {
-    local line=$1
-    shift
-    echo "[ERROR] line $line: $*" >&2
-    exit 1
-}
-function is_ubuntu {
-    [[ $os_PACKAGE == deb ]]
-}
-function is_fedora {
-    [[ $os_PACKAGE == rpm ]]
 }
 function iniset {
     _stub_record iniset "$@"
@@ -186,28 +180,11 @@ function stop_service {
 function restart_service {
     _stub_record restart_service "$@"
 }
-function enable_service {
-    local service
-    for service in "$@"; do
-        is_service_enabled "$service" || ENABLED_SERVICES+=",$service"
-    done
+function install_rpc_backend {
+    _stub_record install_rpc_backend "$@"
 }
-function disable_service {
-    local service list
-    for service in "$@"; do
-        list=",$ENABLED_SERVICES,"
-        list=${list//,$service,/,}
-        list=${list#,}
-        ENABLED_SERVICES=${list%,}
-        DISABLED_SERVICES+=",$service"
-    done
-}
-function is_service_enabled {
-    local service
-    for service in "$@"; do
-        [[ ,$ENABLED_SERVICES, == *,$service,* ]] && return 0
-    done
-    return 1
+function restart_rpc_backend {
+    _stub_record restart_rpc_backend "$@"
 }
 
 
