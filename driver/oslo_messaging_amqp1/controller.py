@@ -67,8 +67,7 @@ _CLEANED_UP = 'the transport was cleaned up'
 class Controller(pyngus.ConnectionEventHandler):
     """The connection of one transport and everything that runs on it."""
 
-    def __init__(self, conf, url, default_exchange=None,
-                 allowed_remote_exmods=None) -> None:
+    def __init__(self, conf, url, default_exchange=None) -> None:
         pyngus_compat.install()
         self.opts = conf.oslo_messaging_amqp
         self.params = connparams.ConnectionParams(self.opts, url)

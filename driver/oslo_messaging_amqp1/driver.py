@@ -158,8 +158,7 @@ class ProtonDriver(base.BaseDriver):
                     # nor has this one's connection sent to any target yet
                     self._proven = set()
                 self._ctl = controller.Controller(
-                    self.conf, self._url, self._default_exchange,
-                    self._allowed_remote_exmods)
+                    self.conf, self._url, self._default_exchange)
                 self._pid = pid
             return self._ctl
 
