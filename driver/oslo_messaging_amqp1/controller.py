@@ -83,6 +83,7 @@ class Controller(pyngus.ConnectionEventHandler):
         self.current_host = self.hosts[0]
         self.delay = 0
         self.conn = None
+        self.sessions = None        # pyngus_compat.Sessions of conn
         self.sock = None
         self.profile = None         # profiles.Profile of the peer
         self.addresser = None
@@ -170,6 +171,7 @@ class Controller(pyngus.ConnectionEventHandler):
             name = '%s-%s' % (self.container_id, uuid.uuid4().hex[:6])
             self.conn = self.container.create_connection(
                 name, self, self.params.properties(host, self.vhost_prefix))
+            self.sessions = pyngus_compat.Sessions(self.conn)
             self.conn.open()
         except Exception as exc:
             self.last_error = '%s: %s' % (host, exc)
@@ -188,6 +190,7 @@ class Controller(pyngus.ConnectionEventHandler):
         self.loop.remove_connection(self)
         self._close_socket()
         conn, self.conn = self.conn, None
+        self.sessions = None
         if conn is not None:
             self.loop.call_soon(links.destroy, conn)
 

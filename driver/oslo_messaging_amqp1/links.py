@@ -72,12 +72,11 @@ class SenderLink:
         self.last_used = eventloop.now()
         self.idle_timer = None
 
-    def open(self, conn, loop, idle_timeout: float) -> None:
-        """Attach the link; close it once idle for idle_timeout."""
+    def open(self, sessions, loop, idle_timeout: float) -> None:
+        """Attach on one of sessions; close once idle for idle_timeout."""
         self.state = 'attaching'
-        self.link = conn.create_sender(
-            self.address, self.address, event_handler=self,
-            name='sender-%s' % uuid.uuid4().hex)
+        self.link = sessions.sender(self.address, self.address, self,
+                                    'sender-%s' % uuid.uuid4().hex)
         self.link.open()
         self._arm_idle(loop, idle_timeout)
 
@@ -184,11 +183,10 @@ class ReceiverLink:
         self.owed = 0
         self.refill = max(1, credit // 2)
 
-    def attach(self, conn, address, source, credit) -> None:
-        """Create and open the link with credit (I/O thread)."""
+    def attach(self, sessions, address, source, credit) -> None:
+        """Open the link with credit on one of sessions (I/O thread)."""
         name = '%s-%s' % (self.kind, uuid.uuid4().hex)
-        self.link = conn.create_receiver(address, source,
-                                         event_handler=self, name=name)
+        self.link = sessions.receiver(address, source, self, name)
         pyngus_compat.decode_in_python(self.link)
         self.link.add_capacity(credit)
         self.link.open()

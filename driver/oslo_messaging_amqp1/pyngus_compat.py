@@ -11,6 +11,8 @@ pyngus 2.x has no public way to do four things the driver needs:
   properties (:func:`pn_link`);
 * put a receiver on a sender's session (:func:`receiver_on_session_of`),
   which RabbitMQ's management link pair needs;
+* share sessions between links (:class:`Sessions`): pyngus opens a session
+  per link, and RabbitMQ 4 accepts 64 sessions on a connection;
 * learn that the peer answered a detach without ``closed=true``: pyngus
   ignores proton's ``LINK_REMOTE_DETACH`` event, so a RabbitMQ 3.x answer
   to our close never reaches ``receiver_closed`` (every server stop would
@@ -23,6 +25,7 @@ pyngus 2.x has no public way to do four things the driver needs:
 """
 
 import itertools
+import uuid
 
 import proton
 import pyngus
@@ -35,6 +38,8 @@ RECEIVER_INTERNALS = ('_pn_link', '_handler', '_unsettled_deliveries',
                       '_callback_lock', '_process_delivery')
 SENDER_INTERNALS = ('_pn_link',)
 CONNECTION_INTERNALS = ('_receiver_links', '_sender_links')
+SESSION_INTERNALS = ('_links', '_pn_session', 'new_sender', 'new_receiver',
+                     'open')
 _SUPPORTED = 'pyngus>=2.3.0,<3'
 
 _installed = False
@@ -60,8 +65,11 @@ def missing_internals() -> list:
             missing += ['%s.%s' % (type(link).__name__, name)
                         for name in names if not hasattr(link, name)]
         session = getattr(getattr(sender, '_pn_link', None), 'session', None)
-        if not hasattr(getattr(session, 'context', None), 'new_receiver'):
-            missing.append('session proxy .new_receiver')
+        proxy = getattr(session, 'context', None)
+        missing += ['session proxy .%s' % name for name in SESSION_INTERNALS
+                    if not hasattr(proxy, name)]
+        if not isinstance(getattr(pyngus_link, '_SessionProxy', None), type):
+            missing.append('pyngus.link._SessionProxy')
         conn.destroy()
     finally:
         container.destroy()
@@ -96,6 +104,57 @@ def pn_link(link):
 def link_count(conn) -> int:
     """Sender and receiver links pyngus holds open on a connection."""
     return len(conn._sender_links) + len(conn._receiver_links)
+
+
+class Sessions:
+    """The sessions of one pyngus connection, shared by its links.
+
+    A link gets a session of its own while the connection has fewer than
+    ``limit``; past that it joins the session with the fewest links. So a
+    process with a few links keeps pyngus's one session per link (a peer
+    that ends a session takes one link with it), and one with hundreds
+    stays within RabbitMQ 4's 64 sessions per connection (its
+    ``channel-max`` is 63; the management link pair takes one more).
+    """
+
+    def __init__(self, connection, limit: int = 32) -> None:
+        self.connection = connection
+        self.limit = limit
+        self._sessions = []
+
+    def _pick(self):
+        # pyngus frees a session with its last link (_pn_session None)
+        live = [s for s in self._sessions if s._pn_session is not None]
+        self._sessions = live
+        if len(live) < self.limit:
+            session = pyngus_link._SessionProxy(
+                'session-%s' % uuid.uuid4().hex, self.connection)
+            session.open()
+            live.append(session)
+            return session
+        return min(live, key=lambda s: len(s._links))
+
+    def count(self) -> int:
+        """Sessions open now."""
+        return sum(1 for s in self._sessions if s._pn_session is not None)
+
+    def sender(self, source, target, handler, name, properties=None):
+        """A sender link, as Connection.create_sender makes it."""
+        if name in self.connection._sender_links:
+            raise KeyError('sender %s exists' % name)
+        link = self._pick().new_sender(name)
+        link.configure(target, source, handler, properties)
+        self.connection._sender_links[name] = link
+        return link
+
+    def receiver(self, target, source, handler, name, properties=None):
+        """A receiver link, as Connection.create_receiver makes it."""
+        if name in self.connection._receiver_links:
+            raise KeyError('receiver %s exists' % name)
+        link = self._pick().new_receiver(name)
+        link.configure(target, source, handler, properties)
+        self.connection._receiver_links[name] = link
+        return link
 
 
 def receiver_on_session_of(connection, sender, name, source, handler,

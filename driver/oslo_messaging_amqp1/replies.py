@@ -87,7 +87,7 @@ class Replies:
                 self.gone(error)
                 return
             source = route.address if route else None
-            rx.attach(ctl.conn, source or ctl.container_id, source, credit)
+            rx.attach(ctl.sessions, source or ctl.container_id, source, credit)
         ctl.declare_then(route, attach)
 
     def connection_up(self) -> None:

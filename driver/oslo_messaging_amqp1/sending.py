@@ -95,7 +95,7 @@ class Sends:
             LOG.error('Cannot send to %s: %s', sender.address, error)
             self.sender_gone(sender, error)
             return
-        sender.open(self.ctl.conn, self.loop,
+        sender.open(self.ctl.sessions, self.loop,
                     self.opts.default_sender_link_timeout)
 
     def owns(self, sender) -> bool:

@@ -162,6 +162,29 @@ def test_call_cast_fanout_and_server(bus):
     assert 'to-s2' not in servers[0].seen + servers[1].seen
 
 
+def test_more_links_than_rabbitmq4_allows_sessions(bus):
+    """Over 64 links on one connection work.
+
+    30 servers (90 receivers) on one transport, calls to each from one
+    client (30 senders). RabbitMQ 4 accepts 64 sessions per connection
+    and pyngus opens one per link; without sharing, the 64th link is never
+    attached.
+    """
+    topic = _topic()
+    t = bus.transport()
+    for i in range(30):
+        bus.server(t, om.Target(topic=topic, server='s%02d' % i),
+                   Recorder('s%02d' % i))
+    client = om.get_rpc_client(bus.transport(), om.Target(topic=topic),
+                               timeout=30)
+    answers = [client.prepare(server='s%02d' % i).call({}, 'echo', value=i)
+               for i in range(30)]
+    assert [a['server'] for a in answers] == ['s%02d' % i
+                                              for i in range(30)]
+    links = pyngus_compat.link_count(t._driver._ctl.conn)
+    assert links >= 90, links
+
+
 def test_stopped_server_frees_its_links(bus):
     """A stopped server's links are freed once the peer answers.
 

@@ -9,6 +9,7 @@ range) before shipping with that pyngus.
 """
 
 import proton
+import pyngus
 from pyngus import link as pyngus_link
 import pytest
 
@@ -40,3 +41,26 @@ def test_a_pyngus_with_other_internals_is_refused(monkeypatch, owner, name):
     text = str(info.value)
     assert name in text
     assert 'Install pyngus>=2.3.0,<3' in text
+
+
+def test_links_share_sessions_past_the_limit():
+    container = pyngus.Container('sessions-test')
+    conn = container.create_connection('c')
+    try:
+        sessions = pyngus_compat.Sessions(conn, limit=2)
+        first = sessions.sender('a', 'a', None, 's1')
+        second = sessions.receiver('b', 'b', None, 'r1')
+        assert sessions.count() == 2
+        third = sessions.sender('c', 'c', None, 's2')
+        assert sessions.count() == 2
+
+        def session(link):
+            return pyngus_compat.pn_link(link).session
+        assert session(first) != session(second)
+        assert session(third) in (session(first), session(second))
+        assert pyngus_compat.link_count(conn) == 3
+        with pytest.raises(KeyError):
+            sessions.sender('a', 'a', None, 's1')
+    finally:
+        conn.destroy()
+        container.destroy()
