@@ -34,6 +34,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 
@@ -320,15 +321,24 @@ def qpidd(module_daemons):
 
 
 class RabbitNodes(object):
-    """Throwaway RabbitMQ nodes of one test (see rabbitnode.py)."""
+    """Throwaway RabbitMQ nodes of one test (see rabbitnode.py).
 
-    def __init__(self, tmp_path_factory):
-        self.server = rabbitnode.find_server()
+    root: run the RabbitMQ of that chroot instead of the host's.
+    """
+
+    def __init__(self, tmp_path_factory, root=None):
+        self.root = root
+        self.server = rabbitnode.find_server(root)
         if self.server is None:
-            pytest.skip('no rabbitmq-server script (install rabbitmq-server '
-                        'or set AMQP1_TEST_RABBITMQ_SERVER)')
+            pytest.skip('no rabbitmq-server script%s (install '
+                        'rabbitmq-server or set AMQP1_TEST_RABBITMQ_SERVER)'
+                        % (' in %s' % root if root else ''))
         # short: Erlang limits the length of a node's socket paths
-        self._base = str(tmp_path_factory.mktemp('rmq'))
+        if root:
+            self._base = tempfile.mkdtemp(prefix='rmq',
+                                          dir=os.path.join(root, 'tmp'))
+        else:
+            self._base = str(tmp_path_factory.mktemp('rmq'))
         self._nodes = []
 
     def node(self, **options):
@@ -342,7 +352,8 @@ class RabbitNodes(object):
             if port + 1 not in AVOID_PORTS and not _accepting(port + 1):
                 break
         node = rabbitnode.RabbitNode(
-            self.server, self._base, 'amqp1t%d' % port, port, **options)
+            self.server, self._base, 'amqp1t%d' % port, port,
+            root=self.root, **options)
         self._nodes.append(node)
         node.start()
         return node
@@ -358,6 +369,8 @@ class RabbitNodes(object):
     def remove_all(self):
         for node in self._nodes:
             node.remove()
+        if self.root:
+            shutil.rmtree(self._base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -16,18 +16,25 @@ A node runs the machine's own RabbitMQ (the Debian package's server script,
 or ``AMQP1_TEST_RABBITMQ_SERVER``) as this user, with its own node name,
 ports, data and log directories under a temporary directory, and AMQP 1.0
 enabled (the ``rabbitmq_amqp1_0`` plugin on 3.x; built in on 4.x).  The
-host's RabbitMQ is never touched.  ``kill()`` is a SIGKILL of the whole
+host's RabbitMQ is never touched.  With ``root``, the node runs the
+RabbitMQ installed in that chroot instead (``../shared/tools/
+rabbitmq4-chroot`` builds one with RabbitMQ 4 on a Debian 12 host), its
+files in a directory inside the chroot.  ``kill()`` is a SIGKILL of the whole
 node; ``start()`` again brings it back on the same data, as after a crash.
 """
 
+import argparse
 import glob
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.parse
+import uuid
 
 SERVER_CANDIDATES = ('/usr/lib/rabbitmq/bin/rabbitmq-server',
                      '/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/'
@@ -35,22 +42,23 @@ SERVER_CANDIDATES = ('/usr/lib/rabbitmq/bin/rabbitmq-server',
 START_TIMEOUT = 90.0
 
 
-def find_server():
-    """The rabbitmq-server script to run, or None."""
+def find_server(root=None):
+    """The rabbitmq-server script to run (a path inside root), or None."""
     explicit = os.environ.get('AMQP1_TEST_RABBITMQ_SERVER')
-    if explicit:
+    if explicit and root is None:
         return explicit if os.access(explicit, os.X_OK) else None
     for pattern in SERVER_CANDIDATES:
-        for path in sorted(glob.glob(pattern)):
+        for path in sorted(glob.glob((root or '') + pattern)):
             if os.access(path, os.X_OK):
-                return path
+                return path[len(root or ''):]
     return None
 
 
-def _has_amqp1_plugin(server):
-    base = os.path.dirname(os.path.dirname(os.path.realpath(server)))
+def _has_amqp1_plugin(server, root=None):
+    root = root or ''
+    base = os.path.dirname(os.path.dirname(os.path.realpath(root + server)))
     return bool(glob.glob(os.path.join(base, 'plugins', 'rabbitmq_amqp1_0*'))
-                or glob.glob('/usr/lib/rabbitmq/lib/rabbitmq_server-*/'
+                or glob.glob(root + '/usr/lib/rabbitmq/lib/rabbitmq_server-*/'
                              'plugins/rabbitmq_amqp1_0*'))
 
 
@@ -97,13 +105,16 @@ class RabbitNode:
 
     config: more rabbitmq.conf lines; plugins: more plugins to enable;
     netns: a network namespace to run in, listening on host there;
-    cookie: the Erlang cookie (nodes of one cluster share it).
+    cookie: the Erlang cookie (nodes of one cluster share it);
+    root: a chroot holding the RabbitMQ to run (server is a path in it,
+    base_dir must be inside it).
     """
 
     def __init__(self, server, base_dir, name, port, user='guest',
                  password='guest', config='', plugins=(), netns=None,
-                 host='127.0.0.1', cookie=None) -> None:
+                 host='127.0.0.1', cookie=None, root=None) -> None:
         self.server = server
+        self.root = root
         self.user = user
         self.password = password
         self.dir = os.path.join(base_dir, name)
@@ -124,7 +135,7 @@ class RabbitNode:
                     'default_user = %s\ndefault_pass = %s\n%s'
                     % (host, port, user, password, config))
         plugins = list(plugins)
-        if _has_amqp1_plugin(server):
+        if _has_amqp1_plugin(server, root):
             plugins.append('rabbitmq_amqp1_0')
         with open(os.path.join(self.dir, 'enabled_plugins'), 'w') as f:
             f.write('[%s].\n' % ','.join(plugins))
@@ -148,7 +159,9 @@ class RabbitNode:
             urllib.parse.quote(self.password, safe=''), self.host, self.port)
 
     def _argv(self, argv):
-        """argv run in the node's network namespace, if it has one."""
+        """argv run in the node's network namespace and chroot, if any."""
+        if self.root:
+            argv = ['chroot', self.root] + argv
         if self.netns:
             return ['ip', 'netns', 'exec', self.netns] + argv
         return argv
@@ -156,6 +169,11 @@ class RabbitNode:
     def _env(self):
         env = dict(os.environ)
         d = self.dir
+        if self.root:
+            # the node sees its files from inside the chroot
+            d = d[len(self.root):]
+            env.update(PATH='/usr/sbin:/usr/bin:/sbin:/bin',
+                       LANG='C.UTF-8', LC_ALL='C.UTF-8')
         env.update(
             HOME=d, RABBITMQ_NODENAME='%s@localhost' % self.name,
             RABBITMQ_DIST_PORT=str(self.port + 1),
@@ -224,3 +242,49 @@ class RabbitNode:
         """Kill the node and delete its files."""
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    """A throwaway cluster until SIGINT or SIGTERM (tools/scale by hand)."""
+    parser = argparse.ArgumentParser(
+        prog='python3 -m tests.functional.rabbitnode',
+        description='Start clustered throwaway RabbitMQ nodes, print the '
+                    'amqp:// URL naming them all, remove them on SIGINT or '
+                    'SIGTERM.')
+    parser.add_argument('--nodes', type=int, default=3)
+    parser.add_argument('--root', help='a chroot holding the RabbitMQ to '
+                        'run, e.g. /var/tmp/rabbitmq4-chroot')
+    parser.add_argument('--port', type=int, default=36100,
+                        help='the first node\'s port (each takes 2)')
+    args = parser.parse_args(argv)
+    server = find_server(args.root)
+    if server is None:
+        parser.error('no rabbitmq-server script found')
+    base = tempfile.mkdtemp(prefix='rmq', dir=os.path.join(
+        args.root, 'tmp') if args.root else None)
+    cookie = uuid.uuid4().hex.upper()
+    nodes = []
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        for i in range(args.nodes):
+            port = args.port + 2 * i
+            nodes.append(RabbitNode(server, base, 'amqp1c%d' % port, port,
+                                    cookie=cookie, root=args.root))
+            nodes[-1].start()
+        for node in nodes[1:]:
+            node.join(nodes[0])
+        sys.stdout.write('amqp://%s/\n' % ','.join(
+            'guest:guest@127.0.0.1:%d' % node.port for node in nodes))
+        sys.stdout.flush()
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for node in nodes:
+            node.remove()
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
