@@ -12,6 +12,8 @@
 
 """tools/scale: many servers over worker processes, on an in-process router."""
 
+import importlib.machinery
+import importlib.util
 import json
 import os
 import subprocess
@@ -48,3 +50,20 @@ def test_scale_wants_a_url():
                          text=True, timeout=60)
     assert run.returncode == 2
     assert 'give at least one --url' in run.stderr
+
+
+def _load_scale():
+    loader = importlib.machinery.SourceFileLoader('amqp1_scale', SCALE)
+    spec = importlib.util.spec_from_loader('amqp1_scale', loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_workers_spread_over_the_hosts_of_the_url():
+    rotated = _load_scale().rotated
+    url = 'amqp://u:p@a:1,u:p@b:2,u:p@c:3/vh'
+    assert rotated(url, 0) == url
+    assert rotated(url, 1) == 'amqp://u:p@b:2,u:p@c:3,u:p@a:1/vh'
+    assert rotated(url, 5) == 'amqp://u:p@c:3,u:p@a:1,u:p@b:2/vh'
+    assert rotated('rabbit://h:5672/', 3) == 'rabbit://h:5672/'
