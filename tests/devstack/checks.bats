@@ -113,15 +113,20 @@ write_constraints() {
     stub_fake_binary qdrouterd >/dev/null
     stub_load_plugin qpid-dual
     stub_phase stack install
-    grep -qx "python $PLUGIN_DIR/tools/bus-check --timeout 20 --peer-product amqp://stackrabbit:rabbitpw@127.0.0.1:5672/ --expect qpid-dispatch-router --expect skupper-router" "$STUB_LOG"
-    grep -qx "python $PLUGIN_DIR/tools/bus-check --timeout 20 --peer-product amqp://stackrabbit:rabbitpw@127.0.0.1:45672/ --expect qpid-cpp" "$STUB_LOG"
+    grep -qx "python $PLUGIN_DIR/tools/bus-check --timeout 20 --peer-product - --expect qpid-dispatch-router --expect skupper-router" "$STUB_LOG"
+    grep -qx "stdin amqp://stackrabbit:rabbitpw@127.0.0.1:5672/" "$STUB_LOG"
+    grep -qx "python $PLUGIN_DIR/tools/bus-check --timeout 20 --peer-product - --expect qpid-cpp" "$STUB_LOG"
+    grep -qx "stdin amqp://stackrabbit:rabbitpw@127.0.0.1:45672/" "$STUB_LOG"
+    # the password never is on a command line (ps shows those)
+    [ -z "$(stub_calls '^python .*rabbitpw')" ]
 }
 
 @test "start: RabbitMQ must answer as RabbitMQ in rabbit mode" {
     STUB_RABBIT_USERS="guest stackrabbit"
     stub_load_plugin rabbit
     stub_phase stack install
-    grep -qx "python $PLUGIN_DIR/tools/bus-check --timeout 20 --peer-product amqp://stackrabbit:rabbitpw@127.0.0.1:5672/ --expect RabbitMQ" "$STUB_LOG"
+    grep -qx "python $PLUGIN_DIR/tools/bus-check --timeout 20 --peer-product - --expect RabbitMQ" "$STUB_LOG"
+    grep -qx "stdin amqp://stackrabbit:rabbitpw@127.0.0.1:5672/" "$STUB_LOG"
 }
 
 @test "start: a port that answers as another daemon fails the stack with the way out" {

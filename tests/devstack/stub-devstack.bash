@@ -76,7 +76,8 @@ function stub_setup {
 
 # Write the stand-in of DevStack's Python: "-c CODE" prints
 # STUB_OSLO_MESSAGING (fails when empty), a script run is recorded as
-# "python SCRIPT ARGS..." and exits STUB_PYTHON_RC
+# "python SCRIPT ARGS..." (and "stdin LINE" when an argument is "-") and
+# exits STUB_PYTHON_RC
 function _stub_python {
     local path=$STUB_DIR/bin/python3
     cat > "$path" <<'PY'
@@ -87,6 +88,9 @@ if [[ $1 == -c ]]; then
     exit 0
 fi
 echo "python $*" >> "$STUB_LOG"
+if [[ " $* " == *" - "* ]]; then
+    echo "stdin $(cat)" >> "$STUB_LOG"
+fi
 exit "$STUB_PYTHON_RC"
 PY
     chmod 0755 "$path"

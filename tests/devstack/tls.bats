@@ -70,7 +70,8 @@ devstack_ca() {
     [ "$(cat "$dir/server.key")" = server.key ]
     [ "$(stat -c %a "$dir/server.key")" = 600 ]
     [ "$(stub_calls '^restart_service rabbitmq-server' | wc -l)" -eq 1 ]
-    grep -qx "python $PLUGIN_DIR/tools/bus-check --timeout 20 --peer-product amqps://stackrabbit:rabbitpw@127.0.0.1:5671/ --expect RabbitMQ --ssl-ca-file $AMQP1_CONF_DIR/tls/ca.pem" "$STUB_LOG"
+    grep -qx "python $PLUGIN_DIR/tools/bus-check --timeout 20 --peer-product - --expect RabbitMQ --ssl-ca-file $AMQP1_CONF_DIR/tls/ca.pem" "$STUB_LOG"
+    grep -qx "stdin amqps://stackrabbit:rabbitpw@127.0.0.1:5671/" "$STUB_LOG"
     grep -qx "port-probe 127.0.0.1 5671" "$STUB_LOG"
     # a second stack with the same files does not restart RabbitMQ
     stub_phase stack install

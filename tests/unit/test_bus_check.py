@@ -77,3 +77,15 @@ def test_nothing_listening_fails():
     status, out, err = peer_product('amqp://127.0.0.1:%d/' % port)
     assert status == 1
     assert 'no AMQP 1.0 connection' in err
+
+
+def test_the_url_can_come_on_stdin(make_peer):
+    """'-' reads the URL from stdin: no password on the command line."""
+    peer = make_peer('broker', product='qpid-cpp', version='1.39.0',
+                     users={'stackrabbit': PASSWORD})
+    done = subprocess.run(
+        [sys.executable, BUS_CHECK, '--timeout', '10', '--peer-product', '-',
+         '--expect', 'qpid-cpp'], input=url_with_user(peer) + '\n',
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == 'qpid-cpp 1.39.0\n'
