@@ -140,20 +140,21 @@ class Sessions:
 
     def sender(self, source, target, handler, name, properties=None):
         """A sender link, as Connection.create_sender makes it."""
-        if name in self.connection._sender_links:
-            raise KeyError('sender %s exists' % name)
-        link = self._pick().new_sender(name)
-        link.configure(target, source, handler, properties)
-        self.connection._sender_links[name] = link
-        return link
+        return self._link(self.connection._sender_links, 'new_sender',
+                          target, source, handler, name, properties)
 
     def receiver(self, target, source, handler, name, properties=None):
         """A receiver link, as Connection.create_receiver makes it."""
-        if name in self.connection._receiver_links:
-            raise KeyError('receiver %s exists' % name)
-        link = self._pick().new_receiver(name)
+        return self._link(self.connection._receiver_links, 'new_receiver',
+                          target, source, handler, name, properties)
+
+    def _link(self, links, factory, target, source, handler, name,
+              properties):
+        if name in links:
+            raise KeyError('link %s exists' % name)
+        link = getattr(self._pick(), factory)(name)
         link.configure(target, source, handler, properties)
-        self.connection._receiver_links[name] = link
+        links[name] = link
         return link
 
 
