@@ -33,6 +33,12 @@ skips without it.
   lists A then B: it reconnects to B and calls resume. Measured: the time
   from the kill until the first successful call, and the calls that failed.
 
+Both kills assert gaps under 30 s and that only the call in flight when
+the router died may fail: the surviving router answers it ``modified``
+with delivery-failed (it may have reached the server), which the driver
+reports as MessageDeliveryFailure instead of resending; every call made
+after the kill succeeds (``released`` ones are resent).
+
 Figures go to the report (``report`` fixture; ``tools/fault-report``).
 """
 
@@ -339,7 +345,10 @@ def mesh_stop(routers: dict, broker: peers.Peer) -> None:
 
 
 def _calls_while(client, body) -> list:
-    """Run a Caller while body() runs; its (start, end, ok) calls."""
+    """Run a Caller while body() runs; its (start, end, ok) calls.
+
+    Why calls failed is logged.
+    """
     stop = threading.Event()
     caller = utils.Caller(client, stop)
     caller.start()
@@ -349,6 +358,8 @@ def _calls_while(client, body) -> list:
         stop.set()
         caller.join(CALL_TIMEOUT + 10)
     assert not caller.is_alive(), 'the caller is stuck'
+    for start, error in caller.errors:
+        LOG.info('call failed (started at %.3f): %s', start, error)
     return caller.calls
 
 
@@ -359,6 +370,25 @@ def _longest_gap(calls: list, since: float) -> float:
         return float('inf')
     marks = [since] + ends
     return max(b - a for a, b in zip(marks, marks[1:]))
+
+
+def _failures(calls: list, since: float) -> str:
+    """Failed calls as "started at +s (lasted s)" relative to since."""
+    return ', '.join('%+.2f (%.2f)' % (start - since, end - start)
+                     for start, end, ok in calls if not ok) or '-'
+
+
+def _assert_only_in_flight_lost(calls: list, killed: float) -> None:
+    """Only the call in flight when the router died may fail.
+
+    The router answers it 'modified' (delivery-failed: it may have reached
+    the server), which the driver does not resend; every call made after
+    the kill returned must succeed (released ones are resent).
+    """
+    in_flight = [c for c in calls if not c[2] and c[0] < killed]
+    later = [c for c in calls if not c[2] and c[0] >= killed]
+    assert len(in_flight) <= 1, in_flight
+    assert not later, 'calls made after the kill failed: %s' % later
 
 
 def _first_success(calls: list, since: float):
@@ -454,13 +484,14 @@ def test_mesh_kill_transit_router(mesh, report):
     report('mesh kill B (transit): calls', len(calls))
     report('mesh kill B (transit): calls before the kill', len(before))
     report('mesh kill B (transit): calls failed', failed)
+    report('mesh kill B (transit): failed calls, start from the kill '
+           '(duration)', _failures(calls, killed[0]), 's')
     report('mesh kill B (transit): longest gap after the kill',
            round(gap, 2), 's', limit='< %g' % GAP_LIMIT)
     assert any(ok for _, _, ok in before), 'no call before the kill'
     assert after['echo'] == -1
     assert gap < GAP_LIMIT
-    late = [ok for start, _, ok in calls if start >= killed[0] + gap]
-    assert all(late), 'calls failed after the mesh recovered'
+    _assert_only_in_flight_lost(calls, killed[0])
 
 
 def test_mesh_kill_server_router(mesh, report):
@@ -490,6 +521,8 @@ def test_mesh_kill_server_router(mesh, report):
     failed = sum(1 for _, _, ok in calls if not ok)
     report('mesh kill A (server\'s router): calls', len(calls))
     report('mesh kill A (server\'s router): calls failed', failed)
+    report('mesh kill A (server\'s router): failed calls, start from the '
+           'kill (duration)', _failures(calls, killed[0]), 's')
     report('mesh kill A (server\'s router): first success after the kill',
            None if resumed is None else round(resumed, 2), 's',
            limit='< %g' % GAP_LIMIT)
@@ -498,5 +531,4 @@ def test_mesh_kill_server_router(mesh, report):
     assert resumed is not None, 'no call succeeded after A was killed'
     assert resumed < GAP_LIMIT
     assert after['echo'] == -1
-    late = [ok for start, _, ok in calls if start >= killed[0] + gap]
-    assert all(late), 'calls failed after the server moved to B'
+    _assert_only_in_flight_lost(calls, killed[0])
