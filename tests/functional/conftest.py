@@ -210,7 +210,8 @@ class Qdrouterd(Daemon):
         self.conf = self._write(
             os.path.join(self.workdir, 'qdrouterd.conf'),
             render('amqp1-router.conf.in', ROUTER='qdrouterd',
-                   ROUTER_ID='functional-%d' % self.port, WORKER_THREADS=2,
+                   ROUTER_ID='functional-%d' % self.port,
+                   ROUTER_MODE='standalone', WORKER_THREADS=2,
                    SASL_DIR=self.sasl_dir, SASL_NAME='amqp1-router',
                    LISTEN_HOST=LOCALHOST, PORT=self.port,
                    AUTHENTICATE='yes' if self.users else 'no',

@@ -66,7 +66,7 @@ class Bus(object):
             self.url = RABBIT_URL
         else:
             daemon = request.getfixturevalue(kind)
-            self.url = daemon.url
+            self.url = daemon.url()
 
     def stop(self):
         if self.peer is not None:

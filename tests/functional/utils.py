@@ -164,13 +164,17 @@ def wait_fanout_ready(cast_probe, recorder_wait, timeout=10.0):
 
 
 class Caller(threading.Thread):
-    """Calls echo in a loop; records (start, end, ok) of every call."""
+    """Calls echo in a loop; records (start, end, ok) of every call.
+
+    ``errors`` holds (start, exception text) of each failed call.
+    """
 
     def __init__(self, client, stop) -> None:
         super().__init__(daemon=True)
         self.client = client
         self.stop = stop
         self.calls = []
+        self.errors = []
 
     def run(self) -> None:
         n = 0
@@ -179,7 +183,8 @@ class Caller(threading.Thread):
             start = time.monotonic()
             try:
                 ok = self.client.call({}, 'echo', value=n)['echo'] == n
-            except (om.MessagingTimeout, om.MessageDeliveryFailure):
+            except (om.MessagingTimeout, om.MessageDeliveryFailure) as e:
                 ok = False
+                self.errors.append((start, '%s: %s' % (type(e).__name__, e)))
                 time.sleep(0.05)
             self.calls.append((start, time.monotonic(), ok))
