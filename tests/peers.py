@@ -773,6 +773,9 @@ class _Engine(proton.Handler):
                 LOG.exception('%s: outcome_override failed',
                               peer.container_id)
                 override = 'rejected'
+        if isinstance(override, tuple):
+            inbound.settle(override[0], failed=override[1])
+            return
         if override is not None:
             inbound.settle(override)
             return
@@ -822,6 +825,10 @@ class _Engine(proton.Handler):
         consumers = self.consumers.get(address)
         if not consumers:
             inbound.settle('released')
+            return
+        if inbound.presettled and self.peer.drop_presettled and \
+                not any(li.link.credit > 0 for li in consumers):
+            self.peer.dropped += 1
             return
         if router_distribution(address) == 'multicast':
             for li in consumers:
@@ -1003,9 +1010,13 @@ class Peer(object):
     * ``release_all``: answer every unsettled incoming message 'released'
       without forwarding it (pre-settled ones are routed as usual).
     * ``outcome_override(address, message) -> None or outcome``: when not
-      None, the message is answered with that outcome and not forwarded.
+      None, the message is answered with that outcome and not forwarded;
+      ``('modified', True)`` is modified with delivery-failed.
     * ``detach_delay``: seconds a consumer's detach waits for its answer;
       until then messages are still routed to that consumer.
+    * ``drop_presettled``: a router drops a pre-settled message that finds
+      no consumer with credit (qdrouterd's "psdrop"); ``dropped`` counts
+      them.
 
     Outcomes seen by producers: the consumer's own (router, end to end);
     'released' when nobody consumes the address (router) or the message was
@@ -1039,6 +1050,8 @@ class Peer(object):
         self.release_all = False
         self.outcome_override = None
         self.detach_delay = 0
+        self.drop_presettled = False
+        self.dropped = 0
         self._engine = None
         self._thread = None
         self._sock = None

@@ -150,6 +150,14 @@ class Sends:
             self.retry_or_fail(task, '%s: connection lost before delivery'
                                % task.label)
             return
+        if state == S.MODIFIED:
+            # delivery-failed: forwarded, then its route was lost (a
+            # router on the way died); at most once, so not sent again
+            self.fail(task, om.MessageDeliveryFailure(
+                '%s: delivery failed on the way to its consumer (outcome '
+                'modified, delivery-failed): it may have reached it, so it '
+                'is not sent again' % task.label))
+            return
         detail = info.get('condition') if info else None
         self.fail(task, om.MessageDeliveryFailure(
             '%s was refused by the AMQP 1.0 peer (outcome %s%s)' %

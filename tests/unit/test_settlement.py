@@ -147,6 +147,22 @@ def test_modified_without_delivery_failed_is_resent(messaging, router):
     assert len(helpers.received_on(router, TOPIC)) == 3
 
 
+def test_modified_with_delivery_failed_call_fails_saying_so(messaging,
+                                                            router):
+    """A call whose route was lost after forwarding is not sent again.
+
+    In a mesh: the router on the way died. The call may have reached the
+    server; the error says what happened.
+    """
+    _transport, client, _ep = serve(messaging, router)
+    router.outcome_override = FirstOutcomes(TOPIC, ('modified', True))
+    with pytest.raises(om.MessageDeliveryFailure) as info:
+        client.call({}, 'echo', value=3)
+    assert 'may have reached' in str(info.value)
+    assert 'refused' not in str(info.value)
+    assert len(helpers.received_on(router, TOPIC)) == 1
+
+
 def test_released_notification_is_resent(messaging, router):
     transport = messaging.notification_transport(router)
     endpoint = helpers.NotifyEndpoint()
@@ -301,6 +317,51 @@ def test_send_window_notifications(messaging, broker, caplog, window):
             'Could not send the notification' in r.getMessage()])
     with pytest.raises(om.MessageDeliveryFailure, match='rejected'):
         send()                               # waits again, raises
+
+
+# ---- reply credit -----------------------------------------------------------
+
+class Gate(object):
+    """An endpoint whose calls all wait until the test opens the gate."""
+
+    def __init__(self):
+        self.open = threading.Event()
+        self.waiting = 0
+        self.lock = threading.Lock()
+
+    def hold(self, ctxt, value):
+        with self.lock:
+            self.waiting += 1
+        self.open.wait(30)
+        return value
+
+
+def test_reply_credit_covers_every_call_in_flight(messaging, router):
+    """40 replies at once to a reply link of credit 10, pre-settled.
+
+    A router drops a pre-settled message that finds no credit (qdrouterd:
+    498 of 1,000 green calls lost their replies with reply_link_credit
+    200): the reply link's credit follows the calls in flight.
+    """
+    router.drop_presettled = True
+    gate = Gate()
+    messaging.server(messaging.transport(router), endpoints=[gate])
+    helpers.wait_receivers(router, TOPIC, SERVER)
+    client = messaging.client(
+        messaging.transport(router, reply_link_credit=10), timeout=30)
+    results = []
+
+    def call(n):
+        results.append(client.call({}, 'hold', value=n))
+    callers = [threading.Thread(target=call, args=(n,)) for n in range(40)]
+    for t in callers:
+        t.start()
+    assert router.wait_for(lambda: gate.waiting == 40, 20)
+    gate.open.set()
+    for t in callers:
+        t.join(40)
+    assert router.dropped == 0
+    assert sorted(results) == list(range(40))
 
 
 # ---- a server leaving a shared topic ---------------------------------------
