@@ -31,7 +31,9 @@ skips without it.
   the kill returned, and the calls that failed;
 * A, the server's router, is SIGKILLed while calls run; the server's URL
   lists A then B: it reconnects to B and calls resume. Measured: the time
-  from the kill until the first successful call, and the calls that failed.
+  from the kill until the first successful call, and the calls that failed;
+* tools/scale through the mesh: 1,000 RPC servers (``AMQP1_SCALE_SERVERS``)
+  in 4 processes spread over A, B and C, the client on A.
 
 Both kills assert gaps under 30 s and that only the call in flight when
 the router died may fail: the surviving router answers it ``modified``
@@ -43,10 +45,12 @@ Figures go to the report (``report`` fixture; ``tools/fault-report``).
 """
 
 import ast
+import json
 import logging
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -68,6 +72,7 @@ GAP_LIMIT = 30.0
 MESH_TIMEOUT = 30.0
 # the A-C connection's cost: above A-B + B-C (1 + 1), so A-B-C is the path
 DIRECT_COST = 10
+SCALE = os.path.join(REPO_DIR, 'tools', 'scale')
 NOTIFY_PREFIX = 'openstack.org/om/notify'
 OPTIONS = dict(connection_retry_interval=1, connection_retry_backoff=0,
                connection_retry_interval_max=1)
@@ -532,3 +537,30 @@ def test_mesh_kill_server_router(mesh, report):
     assert resumed < GAP_LIMIT
     assert after['echo'] == -1
     _assert_only_in_flight_lost(calls, killed[0])
+
+
+def test_mesh_scale(mesh, report, tmp_path):
+    servers = int(os.environ.get('AMQP1_SCALE_SERVERS', '1000'))
+    # worker N starts at router N of the URL (tools/scale rotates it)
+    url = mesh['A'].client_url(mesh['B'], mesh['C'])
+    out = tmp_path / 'scale.json'
+    run = subprocess.run(
+        [sys.executable, SCALE, '--url', url, '--servers', str(servers),
+         '--json', str(out)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (figures,) = json.loads(out.read_text())
+    label = 'mesh scale (%d servers, %d processes)' % (
+        servers, figures['processes'])
+    report(label + ': start until all answered',
+           round(figures['start_s'], 1), 's')
+    report(label + ': fanout reaching all', round(figures['fanout_s'], 2),
+           's')
+    report(label + ': calls to random servers, 8 threads',
+           round(figures['calls_per_s']), '/s')
+    report(label + ': call p50 / p99', '%.1f / %.1f' % (
+        figures['call_p50_ms'], figures['call_p99_ms']), 'ms')
+    report(label + ': worker RSS per server',
+           round(figures['rss_per_server_mb'], 3), 'MB')
+    report(label + ': stop', round(figures['stop_s'], 1), 's')
+    assert figures['fanout_reached'] == servers
+    assert figures['call_errors'] == 0
