@@ -462,72 +462,66 @@ def test_mesh_calls_casts_fanout_and_notifications(mesh, report):
     assert queues, 'the notifications did not go through the broker'
 
 
-def test_mesh_kill_transit_router(mesh, report):
-    topic = utils.unique('transit')
-    server_a = utils.Node(mesh['A'].client_url(), **OPTIONS)
+def _calls_across_kill(mesh, topic, server_url, victim, settle):
+    """Calls from C to a server on server_url while router victim dies.
+
+    The router is SIGKILLed 3 s into the calls, which go on for settle
+    seconds more. Returns (calls, when the kill returned, the answer to
+    one more call made afterwards).
+    """
+    server = utils.Node(server_url, **OPTIONS)
     client_c = utils.Node(mesh['C'].client_url(), **OPTIONS)
     killed = []
     try:
-        server_a.server(topic, 'srv-a')
+        server.server(topic, 'srv')
         client = client_c.client(topic, timeout=CALL_TIMEOUT)
         utils.wait_ready(client, value=0, timeout=30)
 
-        def kill_b():
+        def kill():
             time.sleep(3)
-            mesh['B'].kill()
+            mesh[victim].kill()
             killed.append(time.monotonic())
-            time.sleep(15)
+            time.sleep(settle)
 
-        calls = _calls_while(client, kill_b)
+        calls = _calls_while(client, kill)
         after = client.call({}, 'echo', value=-1)
     finally:
         client_c.cleanup()
-        server_a.cleanup()
-    before = [c for c in calls if c[1] <= killed[0]]
-    gap = _longest_gap(calls, killed[0])
+        server.cleanup()
+    return calls, killed[0], after
+
+
+def test_mesh_kill_transit_router(mesh, report):
+    calls, killed_at, after = _calls_across_kill(
+        mesh, utils.unique('transit'), mesh['A'].client_url(), 'B', 15)
+    before = [c for c in calls if c[1] <= killed_at]
+    gap = _longest_gap(calls, killed_at)
     failed = sum(1 for _, _, ok in calls if not ok)
     report('mesh kill B (transit): calls', len(calls))
     report('mesh kill B (transit): calls before the kill', len(before))
     report('mesh kill B (transit): calls failed', failed)
     report('mesh kill B (transit): failed calls, start from the kill '
-           '(duration)', _failures(calls, killed[0]), 's')
+           '(duration)', _failures(calls, killed_at), 's')
     report('mesh kill B (transit): longest gap after the kill',
            round(gap, 2), 's', limit='< %g' % GAP_LIMIT)
     assert any(ok for _, _, ok in before), 'no call before the kill'
     assert after['echo'] == -1
     assert gap < GAP_LIMIT
-    _assert_only_in_flight_lost(calls, killed[0])
+    _assert_only_in_flight_lost(calls, killed_at)
 
 
 def test_mesh_kill_server_router(mesh, report):
-    topic = utils.unique('failover')
     # the server's URL lists A then B; the client stays on C
-    server_a = utils.Node(mesh['A'].client_url(mesh['B']), **OPTIONS)
-    client_c = utils.Node(mesh['C'].client_url(), **OPTIONS)
-    killed = []
-    try:
-        server_a.server(topic, 'srv')
-        client = client_c.client(topic, timeout=CALL_TIMEOUT)
-        utils.wait_ready(client, value=0, timeout=30)
-
-        def kill_a():
-            time.sleep(3)
-            mesh['A'].kill()
-            killed.append(time.monotonic())
-            time.sleep(20)
-
-        calls = _calls_while(client, kill_a)
-        after = client.call({}, 'echo', value=-1)
-    finally:
-        client_c.cleanup()
-        server_a.cleanup()
-    resumed = _first_success(calls, killed[0])
-    gap = _longest_gap(calls, killed[0])
+    calls, killed_at, after = _calls_across_kill(
+        mesh, utils.unique('failover'), mesh['A'].client_url(mesh['B']),
+        'A', 20)
+    resumed = _first_success(calls, killed_at)
+    gap = _longest_gap(calls, killed_at)
     failed = sum(1 for _, _, ok in calls if not ok)
     report('mesh kill A (server\'s router): calls', len(calls))
     report('mesh kill A (server\'s router): calls failed', failed)
     report('mesh kill A (server\'s router): failed calls, start from the '
-           'kill (duration)', _failures(calls, killed[0]), 's')
+           'kill (duration)', _failures(calls, killed_at), 's')
     report('mesh kill A (server\'s router): first success after the kill',
            None if resumed is None else round(resumed, 2), 's',
            limit='< %g' % GAP_LIMIT)
@@ -536,7 +530,7 @@ def test_mesh_kill_server_router(mesh, report):
     assert resumed is not None, 'no call succeeded after A was killed'
     assert resumed < GAP_LIMIT
     assert after['echo'] == -1
-    _assert_only_in_flight_lost(calls, killed[0])
+    _assert_only_in_flight_lost(calls, killed_at)
 
 
 def test_mesh_scale(mesh, report, tmp_path):
