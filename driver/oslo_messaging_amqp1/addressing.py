@@ -107,8 +107,12 @@ class Addresser:
                 self.rpc_topic(target, listen=True),
                 self.rpc_fanout(target, listen=True)]
 
-    def reply_listen(self):
-        """The reply source: None asks the peer for a dynamic source."""
+    def reply_listen(self, queue: str):
+        """The reply source: None asks the peer for a dynamic source.
+
+        queue names this process's reply queue on a broker that needs one
+        (a router or qpidd gives a dynamic source instead).
+        """
         return None
 
     def rpc_server(self, target, listen=False) -> Route:
@@ -207,10 +211,9 @@ class RabbitAddresser(Addresser):
     pools = True
 
     def __init__(self, conf, default_exchange=None, vhost=None,
-                 major: int = 4, reply_queue: str = None) -> None:
+                 major: int = 4) -> None:
         super().__init__(conf, default_exchange, vhost)
         self.major = major
-        self.reply_queue = reply_queue or 'reply.' + uuid.uuid4().hex
 
     def _name(self, prefix, *parts) -> str:
         return '.'.join([prefix] + self._parts(*parts))
@@ -280,25 +283,20 @@ class RabbitAddresser(Addresser):
         return Route(self.queue_address(name),
                      [self._durable(name), Bind(name, TOPIC_EXCHANGE, key)])
 
-    def reply_listen(self) -> Route:
-        name = self.reply_queue
+    def reply_listen(self, queue: str) -> Route:
         if self.major >= 4:
-            queue = Queue(name, False, False, True, ())
+            declared = Queue(queue, False, False, True, ())
         else:
-            queue = self._transient(name)
-        return Route(self.queue_address(name), [queue])
+            declared = self._transient(queue)
+        return Route(self.queue_address(queue), [declared])
 
 
 def make_addresser(mode: str, conf, default_exchange=None, vhost=None,
-                   properties=None, reply_queue=None) -> Addresser:
-    """Build the addresser for a mode picked by :func:`select_mode`.
-
-    reply_queue names this process's RabbitMQ reply queue (kept across
-    reconnects so that late replies still find it).
-    """
+                   properties=None) -> Addresser:
+    """Build the addresser for a mode picked by :func:`select_mode`."""
     if mode == RABBITMQ:
         return RabbitAddresser(conf, default_exchange, vhost,
-                               rabbitmq_major(properties), reply_queue)
+                               rabbitmq_major(properties))
     if mode == LEGACY:
         return LegacyAddresser(conf, default_exchange, vhost)
     return RoutableAddresser(conf, default_exchange, vhost)

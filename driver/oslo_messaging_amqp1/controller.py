@@ -214,8 +214,7 @@ class Controller(pyngus.ConnectionEventHandler):
             return
         self.profile = profile
         self.addresser = profile.addresser(
-            self.opts, self.default_exchange, self.params.vhost,
-            self.replies.queue)
+            self.opts, self.default_exchange, self.params.vhost)
         self.declarer = profile.declarer(self)
         self.delay = 0
         self.auth_error = None

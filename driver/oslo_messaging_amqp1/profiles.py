@@ -45,12 +45,11 @@ class Profile:
     def __str__(self) -> str:
         return '%s %s' % (self.product or 'unknown product', self.version)
 
-    def addresser(self, opts, default_exchange, vhost,
-                  reply_queue) -> addressing.Addresser:
+    def addresser(self, opts, default_exchange,
+                  vhost) -> addressing.Addresser:
         """The addresser for this peer (a new one per connection)."""
         return addressing.make_addresser(
-            self.mode, opts, default_exchange, vhost, self.properties,
-            reply_queue)
+            self.mode, opts, default_exchange, vhost, self.properties)
 
     def declarer(self, ctl):
         """What declares topology before links attach (None: nothing)."""

@@ -20,6 +20,11 @@ from oslo_messaging_amqp1 import links
 LOG = green.IOLogger(__name__)
 
 
+def _queue_name() -> str:
+    """A new name for this process's reply queue on a broker."""
+    return 'reply.' + uuid.uuid4().hex
+
+
 class Replies:
     """The reply link, the calls waiting for it and those in flight."""
 
@@ -30,7 +35,7 @@ class Replies:
         self.calls = {}             # message id -> tasks.SendTask
         self.retry_timer = None
         # RabbitMQ only: kept across reconnects, so late replies find it
-        self.queue = 'reply.' + uuid.uuid4().hex
+        self.queue = _queue_name()
 
     @property
     def address(self):
@@ -88,7 +93,7 @@ class Replies:
         ctl = self.ctl
         if self.link is not None or not ctl.active:
             return
-        route = ctl.addresser.reply_listen()
+        route = ctl.addresser.reply_listen(self.queue)
         credit = ctl.opts.reply_link_credit
         rx = links.ReplyLink(self, route or addressing.Route(None), credit)
         self.link = rx
@@ -98,11 +103,23 @@ class Replies:
                 return
             if error:
                 LOG.error('Cannot set up the reply queue: %s', error)
+                self.renamed()
                 self.gone(error)
                 return
             source = route.address if route else None
             rx.attach(ctl.sessions, source or ctl.container_id, source, credit)
         ctl.declare_then(route, attach)
+
+    def renamed(self) -> None:
+        """Take a new reply queue name: the old one cannot be declared.
+
+        On a RabbitMQ 3.x cluster the reply queue lives on one node; while
+        that node is down its name is refused with 404 (home node down) on
+        every other node, and calls would wait for that node's return.
+        Replies due to the old queue are lost with its node anyway.
+        """
+        old, self.queue = self.queue, _queue_name()
+        LOG.info('Reply queue %s: using %s from now on', old, self.queue)
 
     def connection_up(self) -> None:
         """Attach again if calls wait or replies are due."""

@@ -26,6 +26,7 @@ import pytest
 
 from oslo_messaging_amqp1 import opts
 from oslo_messaging_amqp1 import pyngus_compat
+from oslo_messaging_amqp1 import replies
 
 URL = os.environ.get('AMQP1_TEST_RABBIT_URL')
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -278,6 +279,31 @@ def test_quorum_queues(bus, conf):
         assert _queue_type_is(queue.name, 'quorum'), queue.name
         assert not _queue_type_is(queue.name, 'classic'), queue.name
     _amqp091(lambda channel: [channel.queue_delete(q.name) for q in durable])
+
+
+def test_a_refused_reply_queue_gives_way_to_a_new_one(bus, monkeypatch):
+    """A reply queue name RabbitMQ refuses is replaced, calls go on.
+
+    A 3.x cluster refuses the name while the queue's node is down; here
+    the name is taken by a queue of other arguments, which it refuses too.
+    """
+    taken = 'reply.taken-' + uuid.uuid4().hex
+    _amqp091(lambda channel: channel.queue_declare(
+        taken, durable=True, auto_delete=False))
+    names = iter([taken])
+    real = replies._queue_name
+    monkeypatch.setattr(replies, '_queue_name',
+                        lambda: next(names, None) or real())
+    try:
+        topic = _topic()
+        t = bus.transport()
+        bus.server(t, om.Target(topic=topic, server='r'), Recorder('r'))
+        client = om.get_rpc_client(t, om.Target(topic=topic), timeout=20)
+        assert client.call({}, 'echo', value=1)['value'] == 1
+        queue = t._driver._ctl.replies.queue
+        assert queue != taken and queue.startswith('reply.'), queue
+    finally:
+        _amqp091(lambda channel: channel.queue_delete(taken))
 
 
 def test_exchanges_are_separate(bus):
