@@ -1,23 +1,26 @@
 # Licensed under the Apache License, Version 2.0 (the "License"); you may
 # not use this file except in compliance with the License. You may obtain
 # a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""Hand-offs from the native I/O thread to green threads, without polling.
+"""Hand-offs from native threads to green threads, without polling.
 
-The I/O thread stays a native OS thread in every process, patched or not
-(see :mod:`eventloop`), and must never touch a green primitive: taking a
-green lock or sending a green event from another OS thread raises
-``greenlet.error: Cannot switch to a different thread`` when it has to wait
-or wake anyone. Instead it hands such work to a :class:`Bridge`: one per
-eventlet hub, a native deque of calls and a pipe. The I/O thread appends
-the call and writes one byte to the pipe; a green thread of that hub,
-parked in ``trampoline()`` on the pipe's other end, runs the calls. A
-green waiter therefore sleeps in its hub until its result is in, costs no
-CPU while it waits and wakes within one hub turn (polling with sleeps, the
-earlier design, woke up to 20 ms late and 1,000 waiters woke the hub
+A native thread must never touch a green primitive: taking a green lock or
+sending a green event from another OS thread raises ``greenlet.error:
+Cannot switch to a different thread`` when it has to wait or wake anyone.
+Native threads that serve green callers are the I/O thread of a process
+that uses green threads without monkey-patching (oslo.messaging's eventlet
+executor) and the blocking helpers of any I/O loop (see :mod:`eventloop`;
+in a patched process the loop itself is green). They hand such work to a
+:class:`Bridge`: one per eventlet hub, a native deque of calls and a pipe.
+The native thread appends the call and writes one byte to the pipe; a
+green thread of that hub, parked in ``trampoline()`` on the pipe's other
+end, runs the calls. A call made on the hub's own OS thread runs at once.
+A green waiter therefore sleeps in its hub until its result is in, costs
+no CPU while it waits and wakes within one hub turn (polling with sleeps,
+the first design, woke up to 20 ms late and 1,000 waiters woke the hub
 50,000 times a second).
 
-Log records made on the I/O thread of a monkey-patched process take the
-same way (:class:`IOLogger`): logging's locks are green there.
+Log records made on such a native thread take the same way
+(:class:`IOLogger`): logging's locks are green in a patched process.
 """
 
 import collections
@@ -59,10 +62,18 @@ class Bridge:
         # a byte is on its way: later calls need not write another
         self._pending = False
         self.pid = _os.getpid()
+        self._os_thread = _threading.get_ident()
         self._thread = eventlet.spawn(self._run)
 
     def call(self, fn, *args) -> None:
-        """Run fn(*args) on this bridge's hub soon (any thread)."""
+        """Run fn(*args) on this bridge's hub soon (any thread).
+
+        On the hub's own OS thread, with nothing queued before it, the call
+        runs at once: a green loop wakes its callers without the pipe.
+        """
+        if _threading.get_ident() == self._os_thread and not self._calls:
+            _run_one(fn, args)
+            return
         self._calls.append((fn, args))
         if self._pending:
             return
@@ -92,11 +103,16 @@ class Bridge:
             self._pending = False
             while calls:
                 fn, args = calls.popleft()
-                try:
-                    fn(*args)
-                except Exception:
-                    logging.getLogger(__name__).exception(
-                        'Unexpected error in green hand-off %s', fn)
+                _run_one(fn, args)
+
+
+def _run_one(fn, args) -> None:
+    """Run one hand-off on the hub's OS thread; log what it raises."""
+    try:
+        fn(*args)
+    except Exception:
+        logging.getLogger(__name__).exception(
+            'Unexpected error in green hand-off %s', fn)
 
 
 def bridge() -> Bridge:

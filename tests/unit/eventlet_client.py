@@ -23,10 +23,13 @@ import eventlet
 eventlet.monkey_patch()
 
 import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
+from eventlet import hubs  # noqa: E402
 from eventlet import patcher  # noqa: E402
 from futurist import _thread as futurist_thread  # noqa: E402
 from oslo_config import cfg  # noqa: E402
@@ -37,6 +40,15 @@ from oslo_messaging_amqp1 import opts as amqp_opts  # noqa: E402
 from tests import peers  # noqa: E402
 
 warnings.simplefilter('ignore')
+# a router peer in a process of its own: prints its port, stops at EOF
+PEER_PROCESS = (
+    'import sys\n'
+    'from tests import peers\n'
+    'peer = peers.Peer("router").start()\n'
+    'sys.stdout.write("%d\\n" % peer.port)\n'
+    'sys.stdout.flush()\n'
+    'sys.stdin.read()\n'
+    'peer.stop()\n')
 # idle executor workers notice a shutdown sooner (see conftest.py)
 futurist_thread.ThreadWorker.MAX_IDLE_FOR = 0.1
 
@@ -68,6 +80,67 @@ def wait_for(predicate, timeout=5.0):
     while not predicate() and time.monotonic() < deadline:
         eventlet.sleep(0.01)
     return predicate()
+
+
+def fork_and_call(client, fresh_hub):
+    """Fork; the child calls once, the parent calls while and after.
+
+    The parent's green I/O loop is copied into the child; it must stop
+    there without touching the parent's sockets. oslo.service gives each
+    worker a fresh hub (fresh_hub); a plain fork keeps the parent's.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            if fresh_hub:
+                hubs.use_hub()
+            answer = client.call({}, 'echo', value='child')
+            os.write(write_fd, json.dumps(answer).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    during = [client.call({}, 'echo', value=i) for i in range(20)]
+    child = json.loads(os.read(read_fd, 100).decode())
+    os.close(read_fd)
+    _pid, status = os.waitpid(pid, 0)
+    started = time.monotonic()
+    after = [client.call({}, 'echo', value=i) for i in range(20)]
+    return {'child': child, 'child_exit': os.waitstatus_to_exitcode(status),
+            'during': during == list(range(20)),
+            'after': after == list(range(20)),
+            'after_s': round(time.monotonic() - started, 2)}
+
+
+def fork_scenario(conf):
+    """fork_and_call with a router peer in its own process.
+
+    An in-process peer would be forked too, and its copy would serve the
+    parent's sockets from the child.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, '-c', PEER_PROCESS], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        transport = om.get_rpc_transport(conf, 'amqp://127.0.0.1:%d/' % port)
+        server = om.get_rpc_server(
+            transport, om.Target(topic='forked', server='host1'),
+            [Endpoint()], executor='threading')
+        server.start()
+        client = om.get_rpc_client(transport, om.Target(topic='forked'),
+                                   timeout=5)
+        wait_for(lambda: client.call({}, 'echo', value=1) == 1)
+        found = [fork_and_call(client, fresh) for fresh in (True, False)]
+        server.stop()
+        server.wait()
+        transport.cleanup()
+        return found
+    finally:
+        proc.stdin.close()
+        proc.wait()
 
 
 def main():
@@ -113,26 +186,24 @@ def main():
     wait_for(lambda: listener_ep.seen)
     result['notifications'] = listener_ep.seen
 
-    # the I/O threads are real OS threads, named amqp1-io
+    # the I/O loops are green threads named amqp1-io, no native thread
     real_threading = patcher.original('threading')
-    io_threads = [t for t in real_threading.enumerate()
-                  if t.name == 'amqp1-io']
-    result['io_threads'] = len(io_threads)
-    result['io_native'] = all(
-        isinstance(t, real_threading.Thread) for t in io_threads)
+    green_threading = __import__('threading')
+    result['native_io_threads'] = len(
+        [t for t in real_threading.enumerate() if t.name == 'amqp1-io'])
+    result['io_threads'] = len(
+        [t for t in green_threading.enumerate() if t.name == 'amqp1-io'])
     ctl = transport._driver._ctl
-    result['ctl_thread_native'] = isinstance(ctl.loop._thread,
-                                             real_threading.Thread)
     result['ctl_thread_name'] = ctl.loop._thread.name
-    # a green thread would run on the main OS thread: compare OS idents
+    # a green loop runs on the hub's OS thread: compare OS idents
     real_thread = patcher.original('_thread')
     idents = []
     ctl.loop.call_soon(lambda: idents.append(real_thread.get_ident()))
     wait_for(lambda: idents)
-    result['io_os_thread_is_not_main'] = bool(
-        idents and idents[0] != real_thread.get_ident())
+    result['io_on_the_hub_thread'] = idents == [real_thread.get_ident()]
     result['threading_patched'] = patcher.is_monkey_patched('thread')
     result['elapsed'] = time.monotonic() - started
+    result['fork'] = fork_scenario(conf)
 
     listener.stop()
     listener.wait()
@@ -141,7 +212,7 @@ def main():
     transport.cleanup()
     ntransport.cleanup()
     result['io_threads_after_cleanup'] = len(
-        [t for t in real_threading.enumerate() if t.name == 'amqp1-io'])
+        [t for t in green_threading.enumerate() if t.name == 'amqp1-io'])
     peer.stop()
     sys.stdout.write(json.dumps(result) + '\n')
     sys.stdout.flush()
