@@ -17,9 +17,10 @@ the scenarios) in a fresh interpreter that patches first, on every bus
 this machine has: the in-process router
 and broker peers (tests/peers.py), RabbitMQ (AMQP1_TEST_RABBIT_URL), and
 qdrouterd / qpidd when AMQP1_TEST_QDROUTERD / AMQP1_TEST_QPIDD name them.
-Two niced busy loops run meanwhile: races between the native I/O thread
-and the hub show only when the cores are busy, and mostly at start-up, so
-the traffic scenario starts several times.
+Two niced busy loops run meanwhile: races between native threads (the
+I/O thread before it became green, RabbitMQ 3.x declaration helpers) and
+the hub show only when the cores are busy, and mostly at start-up, so the
+traffic scenario starts several times.
 """
 
 import json
@@ -112,7 +113,8 @@ def test_traffic_and_io_thread_logging(bus, report):
         assert result['casts'] is True
         assert result['fanout'] is True
         assert result['notifications'] == 300
-        # records made on the I/O thread, handled on the hub's OS thread
+        # records made on the I/O loop (a green thread of the hub) and on
+        # native helpers, all handled on the hub's OS thread
         assert 'amqp1-io' in result['log_threads']
         assert result['log_records_off_main_thread'] == []
         assert result['warnings'] == []
