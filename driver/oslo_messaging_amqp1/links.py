@@ -58,8 +58,8 @@ class SenderLink:
     """A cached sender link to one address and the tasks waiting on it.
 
     The owner answers ``owns(sender)``, ``transmit(sender, task)``,
-    ``outcome(task, state, info)``, ``sender_gone(sender, why)`` and
-    ``drop_link(link)``.
+    ``outcome(task, state, info)``, ``sender_gone(sender, why)``,
+    ``forget_sender(sender)`` and ``drop_link(link)``.
     """
 
     def __init__(self, owner, address: str) -> None:

@@ -292,8 +292,7 @@ class Sends:
             self.fail(task, om.MessageDeliveryFailure(text))
 
     def shutdown(self, text: str) -> None:
-        """Fail every task that has not gone out yet."""
-        self.fail_pending(text)
+        """Fail every task still queued on a sender link (closing)."""
         senders, self.senders = self.senders, {}
         for sender in senders.values():
             for task in sender.queue:
