@@ -17,7 +17,8 @@ Which kind of thread, chosen from measurements (``tools/bench --eventlet``,
   thread beside the hub it gave 1,111 calls/s against the rabbit driver's
   1,074 (1.03x), every result crossing OS threads through a pipe and the
   GIL; as a green thread 1,382 against 1,010 (1.37x), client plus server
-  CPU 0.63 s per 1,000 calls against 1.20, casts 2.3x the rabbit driver's.
+  CPU 0.63 s per 1,000 calls against 0.90 as a native thread and 1.20 for
+  the rabbit driver (README's Performance section has the full runs).
   The price is eventlet's own: a green thread that never yields holds up
   this loop as it holds up the rabbit driver's heartbeats.
 
