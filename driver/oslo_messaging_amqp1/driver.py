@@ -9,7 +9,6 @@ touches proton links itself.
 """
 
 import functools
-import os
 import threading
 
 import oslo_messaging as om
@@ -144,7 +143,7 @@ class ProtonDriver(base.BaseDriver):
 
     def _controller(self) -> controller.Controller:
         """The controller of this process (a fresh one after fork)."""
-        pid = os.getpid()
+        pid = green.pid()
         ctl = self._ctl
         if ctl is not None and self._pid == pid:
             return ctl
@@ -318,7 +317,7 @@ class ProtonDriver(base.BaseDriver):
                         len(self._window))
         with self._lock:
             ctl, self._ctl = self._ctl, None
-        if ctl is not None and self._pid == os.getpid():
+        if ctl is not None and self._pid == green.pid():
             ctl.shutdown()
 
 

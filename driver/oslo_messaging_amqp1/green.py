@@ -49,6 +49,21 @@ _os = __import__('posix')
 # set on the I/O thread of a patched process: the bridge of its log records
 _io_thread = _threading.local()
 
+# this process's id, renewed in a forked child: checked on hot paths
+_pid = [_os.getpid()]
+
+
+def _forked_child() -> None:
+    _pid[0] = _os.getpid()
+
+
+_os.register_at_fork(after_in_child=_forked_child)
+
+
+def pid() -> int:
+    """This process's id, without a system call (kept fresh by fork)."""
+    return _pid[0]
+
 
 class Bridge:
     """Calls from any OS thread, run by a green thread of one hub."""
@@ -61,7 +76,7 @@ class Bridge:
         _os.set_blocking(self._w, False)
         # a byte is on its way: later calls need not write another
         self._pending = False
-        self.pid = _os.getpid()
+        self.pid = pid()
         self._os_thread = _threading.get_ident()
         self._thread = eventlet.spawn(self._run)
 
@@ -120,7 +135,7 @@ def bridge() -> Bridge:
     from eventlet import hubs
     hub = hubs.get_hub()
     found = getattr(hub, '_amqp1_bridge', None)
-    if found is None or found.pid != _os.getpid():
+    if found is None or found.pid != pid():
         found = hub._amqp1_bridge = Bridge()
     return found
 
