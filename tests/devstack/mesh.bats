@@ -155,3 +155,21 @@ connectors() {
     cleanup_amqp1_router
     [ ! -e "$AMQP1_CONF_DIR/sasl2/router-peer.password" ]
 }
+
+@test "pre-install: another program on the inter-router port stops the run, naming the setting" {
+    STUB_LISTENERS="5673 nc 77"
+    AMQP1_ROUTER_PEERS=192.0.2.11
+    stub_load_plugin qpid-hybrid
+    run stub_phase stack pre-install
+    [ "$status" -ne 0 ]
+    [[ $output == *"qdrouterd of mode qpid-hybrid must listen on port 5673, which nc (pid 77) holds: stop it, or give qdrouterd another port (AMQP1_ROUTER_INTER_PORT, the same on every node of the mesh)"* ]]
+    # a router of an earlier stack there is fine; without peers, no check
+    STUB_LISTENERS="5673 qdrouterd 12"
+    run stub_phase stack pre-install
+    [ "$status" -eq 0 ]
+    stub_setup
+    STUB_LISTENERS="5673 nc 77"
+    stub_load_plugin qpid-hybrid
+    run stub_phase stack pre-install
+    [ "$status" -eq 0 ]
+}
