@@ -23,6 +23,10 @@ Which kind of thread, chosen from measurements (``tools/bench --eventlet``,
   ``select``, before, registered them anew on every pass): over 3
   alternating runs, 1,378-1,406 calls/s against 1,341-1,354 at 100 B and
   1,367-1,383 against 1,269-1,292 at 3 KB, CPU per call 5-9 % lower.
+  A green loop writes what a connection has to send in the same pass
+  rather than ask epoll whether the socket takes it: casts 2,879-4,290/s
+  against 2,492-3,932 (3 alternating runs, 100 B and 3 KB), calls the
+  same. A native loop's select costs nothing to ask (no gain measured).
   The price is eventlet's own: a green thread that never yields holds up
   this loop as it holds up the rabbit driver's heartbeats.
 
@@ -492,6 +496,10 @@ class IOLoop:
             if d and (deadline is None or d < deadline):
                 deadline = d
             want_r, want_w = conn.io_wants()
+            if want_w and self.green:
+                # the socket takes it now, mostly: no trip through epoll
+                conn.io_write()
+                want_r, want_w = conn.io_wants()
             if want_r:
                 readers.append(conn)
             if want_w:
