@@ -485,11 +485,8 @@ class IOLoop:
         self._wake_r.close()
         self._wake_w.close()
 
-    def _once(self) -> None:
-        self._run_calls()
-        if self._stopping:
-            return
-        deadline = self._run_timers()
+    def _process(self, deadline):
+        """Let every connection work; (readers, writers, next deadline)."""
         readers, writers = [self._wake_r], []
         for conn in list(self._conns):
             d = conn.io_process(now())
@@ -508,6 +505,23 @@ class IOLoop:
                              self._timers[0][0] < deadline):
             # a timer armed by a connection callback just now
             deadline = self._timers[0][0]
+        return readers, writers, deadline
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        # after the drain: a call queued from now on sends a byte, one
+        # queued before it is run by the next _run_calls
+        self._wake_pending = False
+
+    def _once(self) -> None:
+        self._run_calls()
+        if self._stopping:
+            return
+        readers, writers, deadline = self._process(self._run_timers())
         if self._calls:
             timeout = 0
         elif deadline is None:
@@ -527,13 +541,6 @@ class IOLoop:
             conn.io_write()
         for item in r:
             if item is self._wake_r:
-                try:
-                    while self._wake_r.recv(4096):
-                        pass
-                except (BlockingIOError, InterruptedError):
-                    pass
-                # after the drain: a call queued from now on sends a byte,
-                # one queued before it is run by the next _run_calls
-                self._wake_pending = False
+                self._drain_wake()
             else:
                 item.io_read()
