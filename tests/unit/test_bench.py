@@ -17,6 +17,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.unit import helpers
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -80,7 +82,8 @@ def test_bench_eventlet_and_paced_casts_on_router(router, tmp_path):
         assert r['errors'] == 0 and r['lost'] == 0, r
         assert r['received'] > 0
     assert full['offered_rate'] is None
-    assert paced['offered_rate'] == full['throughput'] / 2
+    # rate * 50 / 100 and rate / 2 may differ in the last bit
+    assert paced['offered_rate'] == pytest.approx(full['throughput'] / 2)
     # the schedule held the client to the offered rate (1 s window)
     assert paced['sent'] <= paced['offered_rate'] + 1, paced
 
