@@ -166,7 +166,8 @@ class Controller(pyngus.ConnectionEventHandler):
         self.current_host = host
         LOG.debug('Connecting to AMQP 1.0 peer %s', host)
         try:
-            self.sock = eventloop.Socket(host.hostname, host.port)
+            self.sock = eventloop.Socket(host.hostname, host.port,
+                                         self.loop.green)
             self.sock.connect()
             name = '%s-%s' % (self.container_id, uuid.uuid4().hex[:6])
             self.conn = self.container.create_connection(

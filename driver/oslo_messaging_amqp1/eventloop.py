@@ -293,16 +293,16 @@ class Timer:
 class Socket:
     """A non-blocking TCP socket to one host (the I/O thread's only kind)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, green: bool = False) -> None:
         self.host, self.port = host, port
+        # a green loop's: a host lookup must not stop the hub
+        self._resolver = __import__('socket') if green else _socket
         self.sock = None
 
     def connect(self) -> None:
         """Start connecting; raises OSError when it cannot even begin."""
-        # the green resolver in a green loop: a lookup must not stop the hub
-        resolver = __import__('socket') if patched_process() else _socket
-        infos = resolver.getaddrinfo(self.host, self.port, 0,
-                                     _socket.SOCK_STREAM)
+        infos = self._resolver.getaddrinfo(self.host, self.port, 0,
+                                           _socket.SOCK_STREAM)
         error = None
         for family, stype, proto, _name, addr in infos:
             sock = _socket.socket(family, stype, proto)

@@ -143,6 +143,45 @@ def fork_scenario(conf):
         proc.wait()
 
 
+def lookup_scenario(conf, port):
+    """A slow host lookup on connect: do other green threads run meanwhile?
+
+    The process's (green) getaddrinfo is wrapped to take 0.3 s; a ticker
+    counts 10 ms ticks while a new transport makes its first call.
+    Returns (lookups through the green resolver, ticks during the call).
+    """
+    import socket
+    original = socket.getaddrinfo
+    lookups = []
+
+    def slow(host, *args, **kwargs):
+        lookups.append(host)
+        eventlet.sleep(0.3)
+        return original(host, *args, **kwargs)
+
+    ticks = []
+
+    def ticker():
+        while True:
+            ticks.append(time.monotonic())
+            eventlet.sleep(0.01)
+
+    socket.getaddrinfo = slow
+    beat = eventlet.spawn(ticker)
+    try:
+        transport = om.get_rpc_transport(conf, 'amqp://127.0.0.1:%d/' % port)
+        client = om.get_rpc_client(transport, om.Target(topic='compute'),
+                                   timeout=5)
+        start = time.monotonic()
+        client.call({}, 'echo', value=1)
+        during = len([t for t in ticks if t >= start])
+        transport.cleanup()
+    finally:
+        socket.getaddrinfo = original
+        beat.kill()
+    return len(lookups), during
+
+
 def main():
     result = {}
     peer = peers.Peer('router').start()
@@ -204,6 +243,8 @@ def main():
     result['threading_patched'] = patcher.is_monkey_patched('thread')
     result['elapsed'] = time.monotonic() - started
     result['fork'] = fork_scenario(conf)
+    result['lookups'], result['ticks_during_lookup'] = lookup_scenario(
+        conf, peer.port)
 
     listener.stop()
     listener.wait()

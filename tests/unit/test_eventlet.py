@@ -56,3 +56,7 @@ def test_monkey_patched_process():
         assert fork['child'] == 'child' and fork['child_exit'] == 0, fork
         assert fork['during'] is True and fork['after'] is True, fork
         assert fork['after_s'] < 2, fork
+    # a host lookup on connect goes through eventlet's resolver, so the hub
+    # runs other green threads meanwhile (0.3 s lookup, 10 ms ticks)
+    assert result['lookups'] >= 1
+    assert result['ticks_during_lookup'] >= 15, result
