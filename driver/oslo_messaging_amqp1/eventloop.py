@@ -346,13 +346,12 @@ class IOLoop:
         self._ident = None
         self._pid = green.pid()
         # patched: a green loop (see the module docstring); log records of
-        # native helpers go to this hub's green threads
+        # native helpers go to this hub's green threads, and the bridge
+        # knows the hub's OS thread
         self.green = patched_process()
-        self._log_bridge = green.bridge() if self.green else None
+        self._bridge = green.bridge() if self.green else None
         self._threads = _threading
         self._poller = poller.SelectPoller()
-        # the OS thread of a green loop's hub
-        self._os_thread = _threading.get_ident()
         if self.green:
             self._threads = __import__('threading')
             self._poller = poller.HubPoller()
@@ -374,7 +373,8 @@ class IOLoop:
         self._calls.append((fn, args))
         if self._threads.get_ident() == self._ident:
             return
-        if self.green and _threading.get_ident() == self._os_thread:
+        if self.green and (_threading.get_ident() ==
+                           self._bridge.os_thread):
             self._poller.wake()
             return
         if self._wake_pending:
@@ -394,7 +394,7 @@ class IOLoop:
         fn hands its result back with :meth:`call_soon`.
         """
         def run():
-            green.io_thread_started(self._log_bridge)
+            green.io_thread_started(self._bridge)
             fn()
         _threading.Thread(target=run, daemon=True, name=name).start()
 
@@ -465,7 +465,7 @@ class IOLoop:
 
     def _run(self) -> None:
         if not self.green:
-            green.io_thread_started(self._log_bridge)
+            green.io_thread_started(self._bridge)
         try:
             while not self._stopping:
                 self._once()

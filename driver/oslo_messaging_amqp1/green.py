@@ -77,7 +77,8 @@ class Bridge:
         # a byte is on its way: later calls need not write another
         self._pending = False
         self.pid = pid()
-        self._os_thread = _threading.get_ident()
+        # the hub's OS thread
+        self.os_thread = _threading.get_ident()
         self._thread = eventlet.spawn(self._run)
 
     def call(self, fn, *args) -> None:
@@ -86,7 +87,7 @@ class Bridge:
         On the hub's own OS thread, with nothing queued before it, the call
         runs at once: a green loop wakes its callers without the pipe.
         """
-        if _threading.get_ident() == self._os_thread and not self._calls:
+        if _threading.get_ident() == self.os_thread and not self._calls:
             _run_one(fn, args)
             return
         self._calls.append((fn, args))

@@ -16,25 +16,11 @@ Monkey-patching cannot be undone, so eventlet_client.py runs in its own
 interpreter.
 """
 
-import json
-import os
-import subprocess
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from tests.unit import helpers
 
 
 def test_monkey_patched_process():
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(
-        [ROOT] + [p for p in [env.get('PYTHONPATH')] if p])
-    env['PYTHONWARNINGS'] = 'ignore'
-    proc = subprocess.run(
-        [sys.executable, '-m', 'tests.unit.eventlet_client'],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = helpers.run_module('tests.unit.eventlet_client')
     assert result['threading_patched'] is True
     assert result['call'] == 'green'
     assert result['parallel'] == list(range(10))

@@ -12,24 +12,11 @@
 
 """The green loop's poller (poller.HubPoller), in its own interpreter."""
 
-import json
-import os
-import subprocess
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from tests.unit import helpers
 
 
 def test_hub_poller():
-    env = dict(os.environ, PYTHONWARNINGS='ignore')
-    env['PYTHONPATH'] = os.pathsep.join(
-        [ROOT] + [p for p in [env.get('PYTHONPATH')] if p])
-    proc = subprocess.run(
-        [sys.executable, '-m', 'tests.unit.poller_client'],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = helpers.run_module('tests.unit.poller_client')
     assert result['idle'][:2] == [0, 0] and result['idle'][2] >= 0.09
     assert result['ready'] == [True, True, True]
     assert result['drained'] == [0, 0]
