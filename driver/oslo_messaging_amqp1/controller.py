@@ -362,6 +362,10 @@ class Controller(pyngus.ConnectionEventHandler):
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def socket_queued(self) -> int:
+        """Bytes written to the socket that the kernel has not sent yet."""
+        return 0 if self.sock is None else self.sock.queued()
+
     def io_process(self, now: float):
         conn = self.conn
         if conn is None:

@@ -25,6 +25,17 @@ from oslo_messaging_amqp1 import tasks
 LOG = green.IOLogger(__name__)
 # how much longer than its own timeout a caller waits for the I/O thread
 _GRACE = 2.0
+# casters earn one pre-settled cast that need not wait to be written per
+# CAST_PAUSE spent outside a cast, up to CAST_BURST (ProtonDriver._cast_early).
+# Back to back, the next cast comes 15-140 us after the last returned
+# (p1-p99, native and green threads, 2 cores): 6-50 % of one.
+CAST_PAUSE = 0.00025
+CAST_BURST = 32
+# ... of which this many may be on their way at once; none while the
+# connection sent a call this recently (a 150 s soak, a call and a cast
+# every 1 ms: 0-13 % more casts but 13-33 % fewer calls without it)
+CAST_WINDOW = 8
+CALLS_QUIET = 0.05
 
 
 class _Incoming(base.RpcIncomingMessage):
@@ -134,6 +145,11 @@ class ProtonDriver(base.BaseDriver):
         self._pre_settled = _check_pre_settled(self._opts.pre_settled)
         self._window = (eventloop.Window(self._opts.send_window)
                         if self._opts.send_window else None)
+        # pre-settled casts on their way while their callers went on
+        self._cast_slot = (eventloop.Window(CAST_WINDOW)
+                           if self._opts.send_window else None)
+        self._cast_returned = 0.0   # when the last pre-settled cast did
+        self._cast_tokens = 0.0     # early casts saved (see _cast_early)
         self._proven = set()  # targets a send went through to
         self._ctl = None
         self._pid = None
@@ -154,6 +170,7 @@ class ProtonDriver(base.BaseDriver):
                     # the parent's outstanding sends are not this process's
                     if self._window is not None:
                         self._window = eventloop.Window(self._window.size)
+                        self._cast_slot = eventloop.Window(CAST_WINDOW)
                     # nor has this one's connection sent to any target yet
                     self._proven = set()
                 self._ctl = controller.Controller(
@@ -169,7 +186,8 @@ class ProtonDriver(base.BaseDriver):
                                       (task.timeout, task.label))
         return result
 
-    def _run_windowed(self, task: tasks.SendTask, key=None) -> None:
+    def _run_windowed(self, task: tasks.SendTask, key=None,
+                      window: eventloop.Window = None) -> None:
         """Hand task to the I/O thread and return (see send_window).
 
         Only while connected and, with a key, once a send to the same key
@@ -178,7 +196,8 @@ class ProtonDriver(base.BaseDriver):
         password reaches the caller; a windowed send that fails is logged
         and makes the next send to its key wait again.
         """
-        window = self._window
+        if window is None:
+            window = self._window
         ctl = self._controller()
         if (window is None or not ctl.active or
                 (key is not None and key not in self._proven) or
@@ -187,11 +206,11 @@ class ProtonDriver(base.BaseDriver):
             if key is not None:
                 self._proven.add(key)
             return
-        task.on_done = functools.partial(self._windowed_done, key)
+        task.on_done = functools.partial(self._windowed_done, window, key)
         ctl.submit(task)
 
-    def _windowed_done(self, key, task, error) -> None:
-        self._window.release()
+    def _windowed_done(self, window, key, task, error) -> None:
+        window.release()
         if error is not None:
             self._proven.discard(key)
             LOG.error('Could not send the %s: %s', task.label, error)
@@ -200,7 +219,9 @@ class ProtonDriver(base.BaseDriver):
         """Wait until every windowed send has finished; False on timeout."""
         if self._window is None:
             return True
-        return self._window.drain(timeout)
+        deadline = None if timeout is None else eventloop.now() + timeout
+        return (self._window.drain(timeout) and self._cast_slot.drain(
+            None if deadline is None else deadline - eventloop.now()))
 
     def send_raw(self, address: str, message, kind: str) -> None:
         """Send a reply or heartbeat to a reply address; never raises."""
@@ -241,14 +262,7 @@ class ProtonDriver(base.BaseDriver):
             label='%s %s to %s' % (kind, message.get('method'), target))
         if not wait_for_reply:
             if task.presettled:
-                # nothing from the peer paces a pre-settled cast, so it
-                # waits to be written (the controller also holds it while
-                # 1 MB waits for the socket). Windowed, a fast caster filled
-                # the socket and RabbitMQ ahead of the same connection's
-                # calls (soak: 30 calls in 600 s, the rest timed out) and
-                # outran a router, which drops what its consumer has no
-                # credit for (half of 26,000 casts in 4 s on qdrouterd).
-                self._run(task)
+                self._cast_presettled(task, target)
             else:
                 # unsettled: the peer's outcomes pace the window
                 self._run_windowed(task, ('cast', target.exchange,
@@ -266,6 +280,58 @@ class ProtonDriver(base.BaseDriver):
         if failure is not None:
             raise failure
         return result
+
+    def _cast_presettled(self, task: tasks.SendTask, target) -> None:
+        """Send a pre-settled cast: wait until it is written, unless paused.
+
+        Nothing from the peer paces a pre-settled cast. Handed over without
+        waiting, casts sent back to back filled the socket and RabbitMQ
+        ahead of the same connection's calls (soak: 30 calls in 600 s, the
+        rest timed out; with the socket's queue bounded, a call beside such
+        a caster took 59-315 ms instead of 6-8 ms) and outran a router,
+        which drops what its consumer has no credit for. So a cast waits
+        for the I/O thread to write it, and that paces a caster that sends
+        back to back. A caster that pauses between casts is paced already
+        (by its work or a schedule): time away from casting earns it
+        casts that are handed over without that wait, CAST_WINDOW at most
+        at a time (see :meth:`_cast_early`).
+        """
+        ctl = self._controller()
+        key = ('cast', target.exchange, target.topic, target.server,
+               target.fanout)
+        try:
+            if self._cast_early(ctl):
+                self._run_windowed(task, key, self._cast_slot)
+            else:
+                self._run(task)
+                self._proven.add(key)
+        finally:
+            self._cast_returned = eventloop.now()
+
+    def _cast_early(self, ctl) -> bool:
+        """May this pre-settled cast return before it is written?
+
+        One early cast per CAST_PAUSE the casters spent outside a cast, up
+        to CAST_BURST saved (so a caller on a schedule that fell behind
+        catches up); only while the last write left the output empty, the
+        connection carries no calls (none waits for its reply, none went
+        out in the last CALLS_QUIET: calls go first, their requests would
+        queue in the peer behind the casts) and on a peer that queues what
+        its consumer has no credit for yet.
+        """
+        now = eventloop.now()
+        away = max(0.0, now - self._cast_returned)
+        tokens = min(CAST_BURST, self._cast_tokens + away / CAST_PAUSE)
+        profile = ctl.profile
+        replies = ctl.replies
+        if (tokens < 1 or self._cast_slot is None or profile is None or
+                not profile.queues_presettled or replies.calls or
+                now - replies.last_sent < CALLS_QUIET or
+                not ctl.sends.output_clear):
+            self._cast_tokens = tokens
+            return False
+        self._cast_tokens = tokens - 1
+        return True
 
     def send_notification(self, target, ctxt, message, version, retry=None):
         """Send a notification (durable) to target."""

@@ -39,9 +39,12 @@ the sockets are the parent's.
 
 import collections
 import errno
+import fcntl as _fcntl
 import heapq
 import itertools
+import struct as _struct
 import sys
+import termios as _termios
 
 from oslo_messaging_amqp1 import green
 from oslo_messaging_amqp1 import poller
@@ -55,6 +58,8 @@ _socket = _original('socket')
 _time = _original('time')
 
 now = _time.monotonic
+# the unsent bytes of a socket (SIOCOUTQ on Linux)
+_TIOCOUTQ = getattr(_termios, 'TIOCOUTQ', 0x5411)
 
 
 def green_caller() -> bool:
@@ -245,6 +250,10 @@ class Window:
         except _queue.Empty:
             return False
 
+    def try_acquire(self) -> bool:
+        """Take a place if one is free now (never waits)."""
+        return self._take()
+
     def acquire(self, timeout: float = None) -> bool:
         """Take a place; False when none freed up within timeout."""
         if green_caller():
@@ -319,6 +328,14 @@ class Socket:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def queued(self) -> int:
+        """Bytes in the kernel's send queue, not yet sent (0 if unknown)."""
+        try:
+            return _struct.unpack('i', _fcntl.ioctl(
+                self.sock.fileno(), _TIOCOUTQ, b'\0\0\0\0'))[0]
+        except (OSError, AttributeError):
+            return 0
 
     def close(self) -> None:
         """Close the socket (idempotent)."""

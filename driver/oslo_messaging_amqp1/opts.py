@@ -137,10 +137,12 @@ amqp1_opts = [
                     'has room (a notification not yet accepted is resent '
                     'after a reconnect, a failure is logged at ERROR). The '
                     'first send to a target, and every one while the bus '
-                    'is down, still waits. A pre-settled cast always waits '
-                    'to be written, and while more than 1 MB is not yet on '
-                    'the wire: nothing from the peer paces it. 0: every '
-                    'send waits, as the former driver did.'),
+                    'is down, still waits. Nothing from the peer paces a '
+                    'pre-settled cast: it waits to be written (and while '
+                    'more than 1 MB is not yet on the wire), except up to 8 '
+                    'at a time after its caller paused between casts, on a '
+                    'peer that is not a router. 0: every send waits, as '
+                    'the former driver did.'),
     # not an option of the former driver; named as the rabbit driver's
     cfg.BoolOpt('rabbit_quorum_queue', default=False,
                 help='RabbitMQ only: declare the RPC topic and server '

@@ -35,6 +35,9 @@ class Profile:
     vhost_prefix = False
     # can it declare queues as quorum queues (rabbit_quorum_queue)?
     quorum_queues = False
+    # does it keep a pre-settled message its consumer has no credit for?
+    # (else a cast always waits to be written: see the driver's casts)
+    queues_presettled = True
 
     def __init__(self, mode: str, properties: dict) -> None:
         self.mode = mode
@@ -68,6 +71,8 @@ class Profile:
 
 class Router(Profile):
     """qdrouterd or skrouterd: routes links, stores nothing."""
+
+    queues_presettled = False
 
 
 class Broker(Profile):

@@ -14,6 +14,7 @@ import oslo_messaging as om
 
 from oslo_messaging_amqp1 import addressing
 from oslo_messaging_amqp1 import codec
+from oslo_messaging_amqp1 import eventloop
 from oslo_messaging_amqp1 import green
 from oslo_messaging_amqp1 import links
 
@@ -33,6 +34,7 @@ class Replies:
         self.link = None            # links.ReplyLink
         self.waiting = []           # calls waiting for the reply address
         self.calls = {}             # message id -> tasks.SendTask
+        self.last_sent = 0.0        # when the last call went out
         self.retry_timer = None
         # RabbitMQ only: kept across reconnects, so late replies find it
         self.queue = _queue_name()
@@ -55,6 +57,7 @@ class Replies:
         """Address task's replies to us and expect them (transmit time)."""
         task.message.reply_to = self.address
         self.calls[task.message.id] = task
+        self.last_sent = eventloop.now()
         self._cover()
         if task.monitor and task.monitor_timer is None:
             self._arm_monitor(task)

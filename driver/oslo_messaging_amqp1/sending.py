@@ -26,6 +26,9 @@ LOG = green.IOLogger(__name__)
 # so a fast caster cannot fill memory faster than the network takes it.
 OUTPUT_HIGH_WATER = 1024 * 1024
 OUTPUT_LOW_WATER = 256 * 1024
+# a pre-settled cast may return before it is written while the socket's
+# send queue holds less than this (see the driver's casts)
+CLEAR_SOCKET_QUEUE = 64 * 1024
 
 _OUTCOME_NAMES = {pyngus.SenderLink.REJECTED: 'rejected',
                   pyngus.SenderLink.MODIFIED: 'modified',
@@ -43,6 +46,9 @@ class Sends:
         self.pending = []           # tasks waiting for the connection
         self.drain_waiters = []     # pre-settled sends until output drains
         self.unwritten = 0          # bytes given to proton, not yet written
+        # read by callers: the last write emptied proton's output and left
+        # less than CLEAR_SOCKET_QUEUE in the socket
+        self.output_clear = False
 
     # ------------------------------------------------------------------
     # from queued to the wire
@@ -230,6 +236,8 @@ class Sends:
     def written(self, count: int, empty: bool) -> None:
         """count bytes reached the socket; empty: proton holds no more."""
         self.unwritten = 0 if empty else max(0, self.unwritten - count)
+        self.output_clear = (empty and self.ctl.socket_queued() <
+                             CLEAR_SOCKET_QUEUE)
         if self.drain_waiters and self.backlog() < OUTPUT_LOW_WATER:
             self.release_drain_waiters()
 
@@ -275,6 +283,7 @@ class Sends:
         """
         self.release_drain_waiters()
         self.unwritten = 0
+        self.output_clear = False
         senders, self.senders = self.senders, {}
         for sender in senders.values():
             queued, inflight = sender.take_tasks()

@@ -306,6 +306,55 @@ def test_a_refused_reply_queue_gives_way_to_a_new_one(bus, monkeypatch):
         _amqp091(lambda channel: channel.queue_delete(taken))
 
 
+def test_calls_beside_a_back_to_back_caster(bus):
+    """Casts sent back to back do not hold up the same transport's calls.
+
+    A pre-settled cast waits for the I/O thread to write it unless its
+    caller paused (see ProtonDriver._cast_presettled). Handing every cast
+    over at once let this caster send some 2,400-3,000 casts/s and made
+    the calls beside it take 118-315 ms (median) instead of 6-8 ms.
+    """
+    topic = _topic()
+    servers = bus.transport()
+    calls, casts = Recorder('calls'), Recorder('casts')
+    bus.server(servers, om.Target(topic=topic, server='c'), calls)
+    bus.server(servers, om.Target(topic=topic + '-casts', server='k'), casts)
+    t = bus.transport()
+    caller = om.get_rpc_client(t, om.Target(topic=topic, server='c'),
+                               timeout=10)
+    caster = om.get_rpc_client(t, om.Target(topic=topic + '-casts',
+                                            server='k'))
+    _ready(caller)
+    stop = threading.Event()
+    sent = []
+
+    def flood():
+        while not stop.is_set():
+            caster.cast({}, 'note', value=len(sent))
+            sent.append(1)
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1)
+        took = []
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            start = time.monotonic()
+            caller.call({}, 'echo', value=len(took))
+            took.append(time.monotonic() - start)
+    finally:
+        stop.set()
+        thread.join(10)
+    took.sort()
+    median = took[len(took) // 2]
+    assert len(sent) > 1000, 'the caster sent only %d casts' % len(sent)
+    assert median < 0.03, 'calls took %.0f ms (median), %.0f ms at most' % (
+        1000 * median, 1000 * took[-1])
+    assert _wait_for(lambda: len(casts.seen) == len(sent), 60), (
+        '%d of %d casts arrived' % (len(casts.seen), len(sent)))
+
+
 def test_exchanges_are_separate(bus):
     topic = _topic()
     t = bus.transport()

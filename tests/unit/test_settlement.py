@@ -124,6 +124,43 @@ def test_empty_pre_settled_waits_for_every_outcome(messaging, router):
     assert reply_flags(router) == [False]
 
 
+@pytest.mark.parametrize('kind', ['broker', 'router'])
+def test_casts_after_a_pause_need_not_wait(messaging, make_peer, kind):
+    """A caster that paused hands its pre-settled casts over and goes on.
+
+    While the I/O thread is busy, they return at once on a broker, which
+    queues what its consumer has no credit for yet, and arrive in order.
+    A router drops such messages, so there each cast waits to be written.
+    The first cast to a target always waits, and so do casts while the
+    connection carries calls.
+    """
+    peer = make_peer(kind)
+    _server, endpoint = messaging.server(messaging.transport(peer))
+    transport = messaging.transport(peer)
+    client = messaging.client(transport, server='host1')
+    assert client.call({}, 'echo', value='ready') == 'ready'
+    client.cast({}, 'echo', value=0)
+    time.sleep(0.2)     # a pause earns casts that need not wait (no calls)
+    loop = transport._driver._controller().loop
+    loop.call_soon(time.sleep, 0.5)   # the I/O thread is busy for 0.5 s
+    start = time.monotonic()
+    for n in range(1, 6):
+        client.cast({}, 'echo', value=n)
+    took = time.monotonic() - start
+    if kind == 'broker':
+        assert took < 0.25
+    else:
+        assert took > 0.4
+    # a call just went out: now the cast waits on a broker too
+    assert client.call({}, 'echo', value='call') == 'call'
+    loop.call_soon(time.sleep, 0.5)
+    start = time.monotonic()
+    client.cast({}, 'echo', value=6)
+    assert time.monotonic() - start > 0.4
+    assert peer.wait_for(lambda: len(endpoint.calls) == 9)
+    assert endpoint.calls == ['ready', 0, 1, 2, 3, 4, 5, 'call', 6]
+
+
 # ---- outcomes ---------------------------------------------------------------
 
 def test_released_call_is_resent_after_link_retry_delay(messaging, router):
