@@ -312,7 +312,7 @@ def test_calls_beside_a_back_to_back_caster(bus):
     A pre-settled cast waits for the I/O thread to write it unless its
     caller paused (see ProtonDriver._cast_presettled). Handing every cast
     over at once let this caster send some 2,400-3,000 casts/s and made
-    the calls beside it take 118-315 ms (median) instead of 6-8 ms.
+    the calls beside it take 59-315 ms (median) instead of 6-9 ms.
     """
     topic = _topic()
     servers = bus.transport()
