@@ -363,7 +363,10 @@ class Controller(pyngus.ConnectionEventHandler):
         return self.sock.fileno()
 
     def socket_queued(self) -> int:
-        """Bytes written to the socket that the kernel has not sent yet."""
+        """Bytes written to the socket that the kernel has not sent yet.
+
+        Any thread: one ioctl; 0 when there is no socket (or it just closed).
+        """
         return 0 if self.sock is None else self.sock.queued()
 
     def io_process(self, now: float):

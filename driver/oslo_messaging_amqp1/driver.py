@@ -265,9 +265,7 @@ class ProtonDriver(base.BaseDriver):
                 self._cast_presettled(task, target)
             else:
                 # unsettled: the peer's outcomes pace the window
-                self._run_windowed(task, ('cast', target.exchange,
-                                          target.topic, target.server,
-                                          target.fanout))
+                self._run_windowed(task, _cast_key(target))
             return None
         reply = self._run(task)
         try:
@@ -297,8 +295,7 @@ class ProtonDriver(base.BaseDriver):
         at a time (see :meth:`_cast_early`).
         """
         ctl = self._controller()
-        key = ('cast', target.exchange, target.topic, target.server,
-               target.fanout)
+        key = _cast_key(target)
         try:
             if self._cast_early(ctl):
                 self._run_windowed(task, key, self._cast_slot)
@@ -313,7 +310,7 @@ class ProtonDriver(base.BaseDriver):
 
         One early cast per CAST_PAUSE the casters spent outside a cast, up
         to CAST_BURST saved (so a caller on a schedule that fell behind
-        catches up); only while the last write left the output empty, the
+        catches up); only while the output is clear (Sends.output_clear), the
         connection carries no calls (none waits for its reply, none went
         out in the last CALLS_QUIET: calls go first, their requests would
         queue in the peer behind the casts) and on a peer that queues what
@@ -327,7 +324,7 @@ class ProtonDriver(base.BaseDriver):
         if (tokens < 1 or self._cast_slot is None or profile is None or
                 not profile.queues_presettled or replies.calls or
                 now - replies.last_sent < CALLS_QUIET or
-                not ctl.sends.output_clear):
+                not ctl.sends.output_clear()):
             self._cast_tokens = tokens
             return False
         self._cast_tokens = tokens - 1
@@ -385,6 +382,12 @@ class ProtonDriver(base.BaseDriver):
             ctl, self._ctl = self._ctl, None
         if ctl is not None and self._pid == green.pid():
             ctl.shutdown()
+
+
+def _cast_key(target) -> tuple:
+    """The key of a cast's target in the proven set."""
+    return ('cast', target.exchange, target.topic, target.server,
+            target.fanout)
 
 
 def _check_url(url) -> None:

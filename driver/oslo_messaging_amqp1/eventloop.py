@@ -250,10 +250,6 @@ class Window:
         except _queue.Empty:
             return False
 
-    def try_acquire(self) -> bool:
-        """Take a place if one is free now (never waits)."""
-        return self._take()
-
     def acquire(self, timeout: float = None) -> bool:
         """Take a place; False when none freed up within timeout."""
         if green_caller():

@@ -46,9 +46,8 @@ class Sends:
         self.pending = []           # tasks waiting for the connection
         self.drain_waiters = []     # pre-settled sends until output drains
         self.unwritten = 0          # bytes given to proton, not yet written
-        # read by callers: the last write emptied proton's output and left
-        # less than CLEAR_SOCKET_QUEUE in the socket
-        self.output_clear = False
+        # read by callers: the last write emptied proton's output
+        self.output_empty = False
 
     # ------------------------------------------------------------------
     # from queued to the wire
@@ -236,10 +235,18 @@ class Sends:
     def written(self, count: int, empty: bool) -> None:
         """count bytes reached the socket; empty: proton holds no more."""
         self.unwritten = 0 if empty else max(0, self.unwritten - count)
-        self.output_clear = (empty and self.ctl.socket_queued() <
-                             CLEAR_SOCKET_QUEUE)
+        self.output_empty = empty
         if self.drain_waiters and self.backlog() < OUTPUT_LOW_WATER:
             self.release_drain_waiters()
+
+    def output_clear(self) -> bool:
+        """May a pre-settled cast skip waiting for its write (any thread)?
+
+        Proton's output was empty at the last write and the socket's send
+        queue is short now: asked per cast, not at every write.
+        """
+        return (self.output_empty and
+                self.ctl.socket_queued() < CLEAR_SOCKET_QUEUE)
 
     def backlog(self) -> int:
         """Bytes sent but not yet on the wire.
@@ -283,7 +290,7 @@ class Sends:
         """
         self.release_drain_waiters()
         self.unwritten = 0
-        self.output_clear = False
+        self.output_empty = False
         senders, self.senders = self.senders, {}
         for sender in senders.values():
             queued, inflight = sender.take_tasks()
