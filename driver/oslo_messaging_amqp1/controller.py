@@ -3,10 +3,11 @@
 # a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """One AMQP 1.0 connection per transport, run on the native I/O thread.
 
-The controller owns the connection: its state machine, its socket I/O,
-failover between the URL's hosts, the peer's profile and the topology
-declarer. The work on the connection lives in three parts it creates and
-tells about the connection coming and going:
+The controller owns the connection: its state machine, failover between
+the URL's hosts, the peer's profile and the topology declarer. Its
+``pump`` (connio.SocketPump) moves the bytes between the socket and
+proton for the I/O loop. The work on the connection lives in three parts
+it creates and tells about the connection coming and going:
 
 * ``sends`` (sending.Sends): sender links, retries, outcomes, timeouts;
 * ``replies`` (replies.Replies): the reply link and calls in flight;
@@ -36,6 +37,7 @@ import uuid
 import proton
 import pyngus
 
+from oslo_messaging_amqp1 import connio
 from oslo_messaging_amqp1 import connparams
 from oslo_messaging_amqp1 import eventloop
 from oslo_messaging_amqp1 import green
@@ -84,7 +86,7 @@ class Controller(pyngus.ConnectionEventHandler):
         self.delay = 0
         self.conn = None
         self.sessions = None        # pyngus_compat.Sessions of conn
-        self.sock = None
+        self.pump = connio.SocketPump(self)   # the socket, for the loop
         self.profile = None         # profiles.Profile of the peer
         self.addresser = None
         self.declarer = None
@@ -166,9 +168,7 @@ class Controller(pyngus.ConnectionEventHandler):
         self.current_host = host
         LOG.debug('Connecting to AMQP 1.0 peer %s', host)
         try:
-            self.sock = eventloop.Socket(host.hostname, host.port,
-                                         self.loop.green)
-            self.sock.connect()
+            self.pump.open(host, self.loop.green)
             name = '%s-%s' % (self.container_id, uuid.uuid4().hex[:6])
             self.conn = self.container.create_connection(
                 name, self, self.params.properties(host, self.vhost_prefix))
@@ -177,19 +177,14 @@ class Controller(pyngus.ConnectionEventHandler):
         except Exception as exc:
             self.last_error = '%s: %s' % (host, exc)
             LOG.warning('Cannot connect to AMQP 1.0 peer %s: %s', host, exc)
-            self._close_socket()
+            self.pump.close()
             self.loop.call_soon(self._event, 'lost')
             return
-        self.loop.add_connection(self)
-
-    def _close_socket(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        self.loop.add_connection(self.pump)
 
     def _discard_connection(self) -> None:
-        self.loop.remove_connection(self)
-        self._close_socket()
+        self.loop.remove_connection(self.pump)
+        self.pump.close()
         conn, self.conn = self.conn, None
         self.sessions = None
         if conn is not None:
@@ -356,85 +351,19 @@ class Controller(pyngus.ConnectionEventHandler):
             self._event('lost')
 
     # ------------------------------------------------------------------
-    # the I/O loop's view of this connection
+    # the socket, as the pump (connio.SocketPump) reports it
     # ------------------------------------------------------------------
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def socket_queued(self) -> int:
-        """Bytes written to the socket that the kernel has not sent yet.
-
-        Any thread: one ioctl; 0 when there is no socket (or it just closed).
-        """
-        return 0 if self.sock is None else self.sock.queued()
-
-    def io_process(self, now: float):
-        conn = self.conn
-        if conn is None:
-            return None
-        return conn.process(now) or None
-
-    def io_wants(self):
-        conn = self.conn
-        if conn is None or self.sock is None or self.sock.sock is None:
-            return False, False
-        return conn.needs_input > 0, conn.has_output > 0
-
-    def io_read(self) -> None:
-        conn = self.conn
-        if conn is None or self.sock is None:
-            return
-        try:
-            data = self.sock.sock.recv(max(conn.needs_input, 1))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._socket_error(exc)
-            return
-        if not data:
-            self._socket_error('connection closed by peer')
-            return
-        conn.process_input(data)
-
-    def io_write(self) -> None:
-        conn = self.conn
-        if conn is None or self.sock is None:
-            return
-        data = conn.output_data()
-        if not data:
-            return
-        try:
-            count = self.sock.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._socket_error(exc)
-            return
-        conn.output_written(count)
-        # nothing pending: no frames hidden in proton either
-        self.sends.written(count, conn.has_output == 0)
-
-    def io_check(self) -> None:
-        if self.sock is not None and self.sock.sock is not None:
-            try:
-                self.sock.sock.fileno()
-                return
-            except OSError as exc:
-                self._socket_error(exc)
-
-    def io_closed(self) -> None:
-        self._close_socket()
-
-    def _socket_error(self, error) -> None:
+    def socket_failed(self, error) -> None:
+        """The socket broke or the peer closed it (I/O thread)."""
         conn = self.conn
         LOG.debug('socket to %s: %s', self.current_host, error)
         self.last_error = '%s: %s' % (self.current_host, error)
         if conn is not None:
             conn.close_input()
             conn.close_output()
-        self._close_socket()
-        self.loop.remove_connection(self)
+        self.pump.close()
+        self.loop.remove_connection(self.pump)
         if self.state in (CONNECTING, ACTIVE):
             if self.state == ACTIVE:
                 LOG.warning('Lost the AMQP 1.0 connection to %s: %s',
@@ -455,7 +384,7 @@ class Controller(pyngus.ConnectionEventHandler):
             try:
                 conn.close()
                 # push the close frames out before the socket goes
-                self.io_write()
+                self.pump.io_write()
             except Exception:
                 pass
         self._discard_connection()

@@ -246,7 +246,7 @@ class Sends:
         queue is short now: asked per cast, not at every write.
         """
         return (self.output_empty and
-                self.ctl.socket_queued() < CLEAR_SOCKET_QUEUE)
+                self.ctl.pump.queued() < CLEAR_SOCKET_QUEUE)
 
     def backlog(self) -> int:
         """Bytes sent but not yet on the wire.
