@@ -40,6 +40,7 @@ from proton import utils as proton_utils
 import pytest
 
 from oslo_messaging_amqp1 import opts
+from tests.functional import utils
 from tests import peers
 
 RABBIT_URL = os.environ.get('AMQP1_TEST_RABBIT_URL')
@@ -197,8 +198,7 @@ class Env:
         self.transports = []
         self.servers = []
         self.topic = 'bad-' + uuid.uuid4().hex[:10]
-        self.raw = proton_utils.BlockingConnection(
-            self.url.rstrip('/'), timeout=WAIT)
+        self.raw = utils.raw_connection(self.url, timeout=WAIT)
         self.senders = {}
 
     @property

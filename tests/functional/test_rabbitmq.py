@@ -21,12 +21,12 @@ import uuid
 from oslo_config import cfg
 import oslo_messaging as om
 import proton
-from proton import utils as proton_utils
 import pytest
 
 from oslo_messaging_amqp1 import opts
 from oslo_messaging_amqp1 import pyngus_compat
 from oslo_messaging_amqp1 import replies
+from tests.functional import utils
 
 URL = os.environ.get('AMQP1_TEST_RABBIT_URL')
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -487,8 +487,7 @@ def _queue_address(url, name):
 
 class _raw:
     def __init__(self, url):
-        self.conn = proton_utils.BlockingConnection(
-            url.replace('amqp://', 'amqp://', 1).rstrip('/'), timeout=10)
+        self.conn = utils.raw_connection(url)
 
     def __enter__(self):
         return self.conn

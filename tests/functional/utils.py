@@ -24,11 +24,13 @@ servers, notification listeners and what their endpoints received.
 
 import threading
 import time
+import urllib.parse
 import uuid
 
 from oslo_config import cfg
 import oslo_messaging as om
 from oslo_messaging import conffixture as om_conffixture
+from proton import utils as proton_utils
 
 from oslo_messaging_amqp1 import opts as amqp_opts
 from tests.functional.endpoints import Endpoint  # noqa: F401
@@ -60,6 +62,19 @@ def make_conf(**overrides) -> cfg.ConfigOpts:
     for name, value in dict(FAST, **overrides).items():
         conf.set_override(name, value, group='oslo_messaging_amqp')
     return conf
+
+
+def raw_connection(url: str, timeout: float = 10.0):
+    """A plain proton BlockingConnection to url, with its user if it has one.
+
+    Proton 0.40 no longer offers PLAIN on a connection without TLS unless
+    asked to, so the URL's user and password are sent only that way.
+    """
+    options = {}
+    if urllib.parse.urlsplit(url).username:
+        options = dict(allowed_mechs='PLAIN', allow_insecure_mechs=True)
+    return proton_utils.BlockingConnection(url.rstrip('/'), timeout=timeout,
+                                           **options)
 
 
 def unique(prefix: str) -> str:
