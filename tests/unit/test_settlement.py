@@ -172,8 +172,11 @@ def test_casts_after_a_pause_need_not_wait(messaging, make_peer, kind):
     sent = ['ready', 0, 1, 2, 3, 4, 5, 'call', 6]
     assert peer.wait_for(lambda: len(endpoint.calls) == 9)
     # the server's worker threads may swap two; the peer saw the wire order
+    # (a router may have released the first call, sent before the server's
+    # link attached: the driver sent it again)
     assert sorted(endpoint.calls, key=str) == sorted(sent, key=str)
-    assert request_values(peer) == sent
+    casts = [v for v in request_values(peer) if isinstance(v, int)]
+    assert casts == list(range(7))
 
 
 # ---- outcomes ---------------------------------------------------------------
