@@ -4,8 +4,8 @@
 """The oslo.messaging driver registered as ``amqp``.
 
 Thin: it turns BaseDriver calls into SendTasks and Subscriptions for the
-controller and turns what arrives back into IncomingMessages. It never
-touches proton links itself.
+controller; listening.py turns what arrives back into IncomingMessages.
+It never touches proton links itself.
 """
 
 import functools
@@ -19,6 +19,7 @@ from oslo_messaging_amqp1 import codec
 from oslo_messaging_amqp1 import controller
 from oslo_messaging_amqp1 import eventloop
 from oslo_messaging_amqp1 import green
+from oslo_messaging_amqp1 import listening
 from oslo_messaging_amqp1 import opts
 from oslo_messaging_amqp1 import tasks
 
@@ -36,96 +37,6 @@ CAST_BURST = 32
 # every 1 ms: 0-13 % more casts but 13-33 % fewer calls without it)
 CAST_WINDOW = 8
 CALLS_QUIET = 0.05
-
-
-class _Incoming(base.RpcIncomingMessage):
-    """A request or notification received on one of our links."""
-
-    def __init__(self, listener, rx, handle, ctxt, msg, message):
-        request_id = message.id
-        super().__init__(ctxt, msg, request_id)
-        self._listener = listener
-        self._rx = rx
-        self._handle = handle
-        self._reply_to = message.reply_to
-        self._request_id = request_id
-        self._settled = False
-
-    def _settle(self, outcome: str) -> None:
-        if not self._settled:
-            self._settled = True
-            self._listener.ctl.settle(self._rx, self._handle, outcome)
-
-    def acknowledge(self) -> None:
-        """Accept the delivery."""
-        self._settle('accept')
-
-    def requeue(self) -> None:
-        """Release the delivery for redelivery."""
-        self._settle('release')
-
-    def reply(self, reply=None, failure=None) -> None:
-        """Send the result of a call back to the caller."""
-        if not self._reply_to:
-            if self._request_id is not None:
-                # a call (it has an id) nobody can answer: it ran as a cast
-                LOG.warning('Dropped the reply to request %s: it has no '
-                            'reply_to address', self._request_id)
-            return
-        message = codec.encode_reply(self._request_id, reply, failure)
-        self._listener.driver.send_raw(self._reply_to, message, 'rpc-reply')
-
-    def heartbeat(self) -> None:
-        """Tell a monitoring caller that the call is still running."""
-        if self._reply_to:
-            self._listener.driver.send_raw(
-                self._reply_to, codec.encode_heartbeat(self._request_id),
-                'heartbeat')
-
-
-class ProtonListener(base.PollStyleListener):
-    """Messages of one RPC server or notification listener."""
-
-    def __init__(self, driver, ctl, routes, credit, label, rpc=True):
-        super().__init__(credit)
-        self.driver = driver
-        self.ctl = ctl
-        self.rpc = rpc
-        self.inbox = eventloop.Inbox()
-        self.sub = tasks.Subscription(routes, self.inbox, credit, label)
-        ctl.subscribe(self.sub)
-
-    @base.batch_poll_helper
-    def poll(self, timeout=None):
-        """Return the next valid message, or None on timeout or stop."""
-        deadline = None if timeout is None else eventloop.now() + timeout
-        while True:
-            left = None if deadline is None else deadline - eventloop.now()
-            if left is not None and left <= 0:
-                return None
-            item = self.inbox.get(left)
-            if item is None:
-                return None
-            rx, handle, message = item
-            try:
-                ctxt, msg, monitor = codec.decode_request(message)
-            except codec.DecodeError as exc:
-                LOG.warning('Rejected a malformed message on %s: %s',
-                            self.sub.label, exc)
-                self.ctl.settle(rx, handle, 'malformed message: %s' % exc)
-                continue
-            incoming = _Incoming(self, rx, handle, ctxt, msg, message)
-            if self.rpc and monitor:
-                incoming.client_timeout = monitor
-            return incoming
-
-    def stop(self) -> None:
-        """Make poll() return."""
-        self.inbox.close()
-
-    def cleanup(self) -> None:
-        """Detach the links; undelivered messages go back to the peer."""
-        self.ctl.unsubscribe(self.sub)
 
 
 class ProtonDriver(base.BaseDriver):
@@ -345,11 +256,10 @@ class ProtonDriver(base.BaseDriver):
     def listen(self, target, batch_size, batch_timeout):
         """An RPC server's listener: topic, topic+server and fanout."""
         ctl = self._controller()
-        listener = ProtonListener(
+        listener = listening.ProtonListener(
             self, ctl, lambda a: a.rpc_listen(target),
             self._opts.rpc_server_credit, 'RPC server %s' % target)
-        return base.PollStyleListenerAdapter(listener, batch_size,
-                                             batch_timeout)
+        return listening.make(listener, batch_size, batch_timeout)
 
     def listen_for_notifications(self, targets_and_priorities, pool,
                                  batch_size, batch_timeout):
@@ -365,12 +275,11 @@ class ProtonDriver(base.BaseDriver):
                             'its own copy; all listeners share the '
                             'notifications', pool, addresser.mode)
             return [addresser.notify_listen(t, pool) for t in targets]
-        listener = ProtonListener(
+        listener = listening.ProtonListener(
             self, ctl, routes, self._opts.notify_server_credit,
             'notification listener %s' % [t.topic for t in targets],
             rpc=False)
-        return base.PollStyleListenerAdapter(listener, batch_size,
-                                             batch_timeout)
+        return listening.make(listener, batch_size, batch_timeout)
 
     def cleanup(self) -> None:
         """Finish windowed sends, close the connection, stop the I/O."""
