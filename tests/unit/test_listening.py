@@ -14,6 +14,7 @@
 
 import logging
 import threading
+import time
 
 import oslo_messaging as om
 
@@ -111,3 +112,19 @@ def test_a_server_that_cannot_take_a_message_gets_it_again(messaging, broker,
     assert len(refused) == 1
     assert 'could not take a message; released it' in caplog.text
     assert endpoint.calls == ['again']
+
+
+def test_stop_after_the_transport_was_cleaned_up_returns_at_once(messaging,
+                                                                 broker):
+    """The I/O thread is gone: stop() has nothing to wait for."""
+    transport = messaging.transport(broker)
+    server, _endpoint = messaging.server(transport)
+    client = messaging.client(transport, server='host1')
+    assert client.call({}, 'echo', value=1) == 1
+    loop = transport._driver._ctl.loop
+    assert loop.running()
+    transport.cleanup()
+    assert not loop.running()
+    start = time.monotonic()
+    server.stop()
+    assert time.monotonic() - start < 1.0
