@@ -7,13 +7,14 @@ The I/O thread puts each message that arrives into its subscription's
 ``Inbox``. From there it reaches the server's executor one of two ways:
 
 * ``PushListener`` (a native I/O thread, one message at a time, which is
-  every RPC server and every listener that does not batch): the I/O
-  thread decodes the message and hands it to the server's
-  ``on_incoming`` itself. The threading executor's ``submit`` only queues
-  work, so the I/O thread does not wait on the service.
+  every RPC server and every listener that does not batch, on the
+  threading executor): the I/O thread decodes the message and hands it to
+  the server's ``on_incoming`` itself. The threading executor's
+  ``submit`` only queues work, so the I/O thread does not wait on the
+  service.
 * ``ProtonListener`` behind oslo.messaging's ``PollStyleListenerAdapter``
-  (batching listeners, and every listener of an eventlet-patched process,
-  whose executor spawns green threads that may wait for a free slot): a
+  (batching listeners, and servers on the eventlet executor, whose
+  ``submit`` spawns a green thread and may wait for a free slot): a
   thread of the adapter's polls the inbox.
 
 Measured at 900 notifications/s on RabbitMQ 3.10 and 4.0 (native
@@ -135,10 +136,21 @@ class PushListener(base.Listener):
     def __init__(self, listener: ProtonListener) -> None:
         super().__init__(1, None, listener.prefetch_size)
         self.listener = listener
+        self._poller = None     # the adapter, for a server we cannot push to
 
     def start(self, on_incoming_callback) -> None:
-        """Deliver what waits, then every message as it arrives."""
+        """Deliver what waits, then every message as it arrives.
+
+        Only a server on the threading executor is pushed to (its submit
+        only queues); any other caller gets a poll thread, as before.
+        """
         super().start(on_incoming_callback)
+        server = getattr(on_incoming_callback, '__self__', None)
+        if getattr(server, 'executor_type', None) != 'threading':
+            self._poller = base.PollStyleListenerAdapter(self.listener, 1,
+                                                         None)
+            self._poller.start(on_incoming_callback)
+            return
         self.listener.ctl.loop.call_soon(
             self.listener.inbox.push_to, self._push)
 
@@ -162,6 +174,10 @@ class PushListener(base.Listener):
         if the transport was cleaned up or this is a forked child: then the
         I/O thread calls nothing more here).
         """
+        if self._poller is not None:
+            self._poller.stop()
+            super().stop()
+            return
         ctl = self.listener.ctl
         waiter = eventloop.Waiter()
         ctl.loop.call_soon(self._stop_pushing, waiter)

@@ -15,6 +15,7 @@
 import logging
 import threading
 import time
+import types
 
 import oslo_messaging as om
 
@@ -99,12 +100,12 @@ def test_a_server_that_cannot_take_a_message_gets_it_again(messaging, broker,
     take = server._on_incoming
     refused = []
 
-    def on_incoming(incoming):
+    def on_incoming(self, incoming):
         if not refused:
             refused.append(incoming)
             raise RuntimeError('executor full')
         take(incoming)
-    server._on_incoming = on_incoming
+    server._on_incoming = types.MethodType(on_incoming, server)
     with caplog.at_level(logging.ERROR):
         server.start()
         client = messaging.client(transport, server='host1')
@@ -128,3 +129,21 @@ def test_stop_after_the_transport_was_cleaned_up_returns_at_once(messaging,
     start = time.monotonic()
     server.stop()
     assert time.monotonic() - start < 1.0
+
+
+def test_a_caller_that_is_no_threading_server_is_polled_for(messaging,
+                                                            broker):
+    """Only the threading executor's submit is known not to block."""
+    transport = messaging.transport(broker)
+    listener = transport._driver.listen(
+        om.Target(topic='compute', server='host1', exchange='nova'), 1, None)
+    got = []
+    listener.start(got.extend)     # a plain function: not pushed to
+    assert len(_poll_threads()) == 1
+    client = messaging.client(transport, server='host1')
+    client.cast({}, 'echo', value=1)
+    assert broker.wait_for(lambda: len(got) == 1)
+    assert got[0].message == {'method': 'echo', 'args': {'value': 1}}
+    listener.stop()
+    assert _poll_threads() == []
+    listener.cleanup()
