@@ -259,7 +259,8 @@ class ProtonDriver(base.BaseDriver):
         listener = listening.ProtonListener(
             self, ctl, lambda a: a.rpc_listen(target),
             self._opts.rpc_server_credit, 'RPC server %s' % target)
-        return listening.make(listener, batch_size, batch_timeout)
+        return base.PollStyleListenerAdapter(listener, batch_size,
+                                             batch_timeout)
 
     def listen_for_notifications(self, targets_and_priorities, pool,
                                  batch_size, batch_timeout):
@@ -279,7 +280,8 @@ class ProtonDriver(base.BaseDriver):
             self, ctl, routes, self._opts.notify_server_credit,
             'notification listener %s' % [t.topic for t in targets],
             rpc=False)
-        return listening.make(listener, batch_size, batch_timeout)
+        return base.PollStyleListenerAdapter(listener, batch_size,
+                                             batch_timeout)
 
     def cleanup(self) -> None:
         """Finish windowed sends, close the connection, stop the I/O."""

@@ -183,31 +183,11 @@ class Inbox:
         self._queue = _queue.SimpleQueue()
         self._closed = False
         self._sleepers = green.Sleepers()
-        self._push = None
 
     def put(self, item) -> None:
-        """Append an item and wake one reader, or push it (see push_to)."""
-        if self._push is not None:
-            self._push(item)
-            return
+        """Append an item and wake one reader."""
         self._queue.put(item)
         self._sleepers.wake_all()
-
-    def push_to(self, push) -> None:
-        """From now on put() calls push(item) instead; None queues again.
-
-        The putting thread only (the I/O thread): what waits is pushed
-        first, in order. A closed inbox keeps queueing.
-        """
-        if push is not None:
-            if self._closed:
-                return
-            while True:
-                item = self._next(False)
-                if item is None:
-                    break
-                push(item)
-        self._push = push
 
     def close(self) -> None:
         """Wake every reader; get() returns None once drained."""
@@ -430,10 +410,6 @@ class IOLoop:
             green.io_thread_started(self._bridge)
             fn()
         _threading.Thread(target=run, daemon=True, name=name).start()
-
-    def running(self) -> bool:
-        """Does the I/O thread still run calls (not ended, not forked)?"""
-        return self._thread.is_alive() and green.pid() == self._pid
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread once pending calls ran; wait for it to end."""
