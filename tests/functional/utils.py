@@ -67,8 +67,9 @@ def make_conf(**overrides) -> cfg.ConfigOpts:
 def raw_connection(url: str, timeout: float = 10.0):
     """A plain proton BlockingConnection to url, with its user if it has one.
 
-    Proton 0.40 no longer offers PLAIN on a connection without TLS unless
-    asked to, so the URL's user and password are sent only that way.
+    Proton uses PLAIN on a connection without TLS only when asked to
+    (``allow_insecure_mechs``); with the 0.40.0 wheel and no mechanism
+    named, RabbitMQ answered "Authentication failed [mech=none]".
     """
     options = {}
     if urllib.parse.urlsplit(url).username:
