@@ -55,7 +55,6 @@ import threading
 import time
 import uuid
 
-from proton.utils import BlockingConnection
 import pytest
 
 from tests.functional import conftest
@@ -264,11 +263,9 @@ def _wait_link_route(router: MeshRouter, broker: peers.Peer,
     """
     address = '%s/probe/%s' % (NOTIFY_PREFIX, uuid.uuid4().hex)
     url = router.client_url()
-    options = dict(allowed_mechs='PLAIN', allow_insecure_mechs=True) \
-        if router.users else {}
     start = time.monotonic()
     while True:
-        conn = BlockingConnection(url, timeout=5, **options)
+        conn = utils.raw_connection(url, timeout=5)
         try:
             conn.create_receiver(address)
             if any(link[1] == address for link in broker.links()):
