@@ -38,6 +38,9 @@ class Replies:
         self.retry_timer = None
         # RabbitMQ only: kept across reconnects, so late replies find it
         self.queue = _queue_name()
+        # a refused declaration is retried at once, under a new name, only
+        # once until the link attaches again: then after link_retry_delay
+        self.retry_now = True
 
     @property
     def address(self):
@@ -106,23 +109,34 @@ class Replies:
                 return
             if error:
                 LOG.error('Cannot set up the reply queue: %s', error)
-                self.renamed()
-                self.gone(error)
+                self.renamed(error)
+                self.gone(error, 0 if self.retry_now else None)
+                self.retry_now = False
                 return
             source = route.address if route else None
             rx.attach(ctl.sessions, source or ctl.container_id, source, credit)
         ctl.declare_then(route, attach)
 
-    def renamed(self) -> None:
+    def renamed(self, why: str) -> None:
         """Take a new reply queue name: the old one cannot be declared.
 
         On a RabbitMQ 3.x cluster the reply queue lives on one node; while
         that node is down its name is refused with 404 (home node down) on
         every other node, and calls would wait for that node's return.
-        Replies due to the old queue are lost with its node anyway.
+        The new name is tried at once: calls waiting for the link would
+        otherwise wait link_retry_delay (10 s), past a call's timeout.
+        Calls whose replies were due to the old queue fail now with
+        MessagingTimeout: nothing reads that queue any more, so waiting
+        out their timeout (60 s by default) would only delay the caller.
         """
         old, self.queue = self.queue, _queue_name()
         LOG.info('Reply queue %s: using %s from now on', old, self.queue)
+        lost, self.calls = self.calls, {}
+        for task in lost.values():
+            self.ctl.sends.fail(task, om.MessagingTimeout(
+                'No reply to %s can arrive: its reply queue %s cannot be '
+                'declared again (%s)'
+                % (task.label, old, why)))
 
     def connection_up(self) -> None:
         """Attach again if calls wait or replies are due."""
@@ -135,21 +149,28 @@ class Replies:
 
     def ready(self) -> None:
         """The reply address is known: send the calls that waited."""
+        self.retry_now = True
         waiting, self.waiting = self.waiting, []
         for task in waiting:
             self.ctl.sends.dispatch(task)
 
-    def gone(self, why: str) -> None:
-        """The reply link died: set it up again later."""
+    def gone(self, why: str, delay=None) -> None:
+        """The reply link died: attach again in delay s (link_retry_delay)."""
         self.link = None
         ctl = self.ctl
-        if ctl.active and self.retry_timer is None:
+        if not ctl.active:
+            return
+        if delay is None:
+            delay = ctl.opts.link_retry_delay
+        elif self.retry_timer is not None:
+            self.retry_timer.cancel()
+            self.retry_timer = None
+        if self.retry_timer is None:
             def retry():
                 self.retry_timer = None
                 if self.waiting or self.calls:
                     self.attach()
-            self.retry_timer = ctl.loop.call_later(
-                ctl.opts.link_retry_delay, retry)
+            self.retry_timer = ctl.loop.call_later(delay, retry)
 
     def drop_link(self, link) -> None:
         """Free the closed link once its callbacks returned."""
