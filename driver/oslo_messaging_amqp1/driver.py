@@ -21,22 +21,12 @@ from oslo_messaging_amqp1 import eventloop
 from oslo_messaging_amqp1 import green
 from oslo_messaging_amqp1 import listening
 from oslo_messaging_amqp1 import opts
+from oslo_messaging_amqp1 import pacing
 from oslo_messaging_amqp1 import tasks
 
 LOG = green.IOLogger(__name__)
 # how much longer than its own timeout a caller waits for the I/O thread
 _GRACE = 2.0
-# casters earn one pre-settled cast that need not wait to be written per
-# CAST_PAUSE spent outside a cast, up to CAST_BURST (ProtonDriver._cast_early).
-# Back to back, the next cast comes 15-140 us after the last returned
-# (p1-p99, native and green threads, 2 cores): 6-50 % of one.
-CAST_PAUSE = 0.00025
-CAST_BURST = 32
-# ... of which this many may be on their way at once; none while the
-# connection sent a call this recently (a 150 s soak, a call and a cast
-# every 1 ms: 0-13 % more casts but 13-33 % fewer calls without it)
-CAST_WINDOW = 8
-CALLS_QUIET = 0.05
 
 
 class ProtonDriver(base.BaseDriver):
@@ -56,11 +46,7 @@ class ProtonDriver(base.BaseDriver):
         self._pre_settled = _check_pre_settled(self._opts.pre_settled)
         self._window = (eventloop.Window(self._opts.send_window)
                         if self._opts.send_window else None)
-        # pre-settled casts on their way while their callers went on
-        self._cast_slot = (eventloop.Window(CAST_WINDOW)
-                           if self._opts.send_window else None)
-        self._cast_returned = 0.0   # when the last pre-settled cast did
-        self._cast_tokens = 0.0     # early casts saved (see _cast_early)
+        self._casts = pacing.CastPacer(self._window is not None)
         self._proven = set()  # targets a send went through to
         self._ctl = None
         self._pid = None
@@ -81,7 +67,7 @@ class ProtonDriver(base.BaseDriver):
                     # the parent's outstanding sends are not this process's
                     if self._window is not None:
                         self._window = eventloop.Window(self._window.size)
-                        self._cast_slot = eventloop.Window(CAST_WINDOW)
+                        self._casts = pacing.CastPacer(True)
                     # nor has this one's connection sent to any target yet
                     self._proven = set()
                 self._ctl = controller.Controller(
@@ -131,7 +117,7 @@ class ProtonDriver(base.BaseDriver):
         if self._window is None:
             return True
         deadline = None if timeout is None else eventloop.now() + timeout
-        return (self._window.drain(timeout) and self._cast_slot.drain(
+        return (self._window.drain(timeout) and self._casts.drain(
             None if deadline is None else deadline - eventloop.now()))
 
     def send_raw(self, address: str, message, kind: str) -> None:
@@ -202,44 +188,20 @@ class ProtonDriver(base.BaseDriver):
         for the I/O thread to write it, and that paces a caster that sends
         back to back. A caster that pauses between casts is paced already
         (by its work or a schedule): time away from casting earns it
-        casts that are handed over without that wait, CAST_WINDOW at most
-        at a time (see :meth:`_cast_early`).
+        casts that are handed over without that wait (see
+        :class:`pacing.CastPacer`).
         """
         ctl = self._controller()
         key = _cast_key(target)
+        casts = self._casts
         try:
-            if self._cast_early(ctl):
-                self._run_windowed(task, key, self._cast_slot)
+            if casts.early(ctl):
+                self._run_windowed(task, key, casts.slot)
             else:
                 self._run(task)
                 self._proven.add(key)
         finally:
-            self._cast_returned = eventloop.now()
-
-    def _cast_early(self, ctl) -> bool:
-        """May this pre-settled cast return before it is written?
-
-        One early cast per CAST_PAUSE the casters spent outside a cast, up
-        to CAST_BURST saved (so a caller on a schedule that fell behind
-        catches up); only while the output is clear (Sends.output_clear), the
-        connection carries no calls (none waits for its reply, none went
-        out in the last CALLS_QUIET: calls go first, their requests would
-        queue in the peer behind the casts) and on a peer that queues what
-        its consumer has no credit for yet.
-        """
-        now = eventloop.now()
-        away = max(0.0, now - self._cast_returned)
-        tokens = min(CAST_BURST, self._cast_tokens + away / CAST_PAUSE)
-        profile = ctl.profile
-        replies = ctl.replies
-        if (tokens < 1 or self._cast_slot is None or profile is None or
-                not profile.queues_presettled or replies.calls or
-                now - replies.last_sent < CALLS_QUIET or
-                not ctl.sends.output_clear()):
-            self._cast_tokens = tokens
-            return False
-        self._cast_tokens = tokens - 1
-        return True
+            casts.cast_returned()
 
     def send_notification(self, target, ctxt, message, version, retry=None):
         """Send a notification (durable) to target."""
