@@ -172,6 +172,7 @@ class Controller(pyngus.ConnectionEventHandler):
             name = '%s-%s' % (self.container_id, uuid.uuid4().hex[:6])
             self.conn = self.container.create_connection(
                 name, self, self.params.properties(host, self.vhost_prefix))
+            pyngus_compat.filter_events(self.conn)
             self.sessions = pyngus_compat.Sessions(self.conn)
             self.conn.open()
         except Exception as exc:

@@ -3,7 +3,7 @@
 # a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Every use of pyngus's private names, in one place, checked once.
 
-pyngus 2.x has no public way to do four things the driver needs:
+pyngus 2.x has no public way to do six things the driver needs:
 
 * decode a delivery with :func:`codec.decode_message` instead of proton's
   Message (:func:`decode_in_python`);
@@ -13,6 +13,8 @@ pyngus 2.x has no public way to do four things the driver needs:
   which RabbitMQ's management link pair needs;
 * share sessions between links (:class:`Sessions`): pyngus opens a session
   per link, and RabbitMQ 4 accepts 64 sessions on a connection;
+* read proton's events more cheaply than through ``proton.Event``
+  (:class:`EventFilter`, on the connection's ``_pn_collector``);
 * learn that the peer answered a detach without ``closed=true``: pyngus
   ignores proton's ``LINK_REMOTE_DETACH`` event, so a RabbitMQ 3.x answer
   to our close never reaches ``receiver_closed`` (every server stop would
@@ -37,7 +39,7 @@ from oslo_messaging_amqp1 import codec
 RECEIVER_INTERNALS = ('_pn_link', '_handler', '_unsettled_deliveries',
                       '_callback_lock', '_process_delivery')
 SENDER_INTERNALS = ('_pn_link',)
-CONNECTION_INTERNALS = ('_receiver_links', '_sender_links')
+CONNECTION_INTERNALS = ('_receiver_links', '_sender_links', '_pn_collector')
 SESSION_INTERNALS = ('_links', '_pn_session', 'new_sender', 'new_receiver',
                      'open')
 _SUPPORTED = 'pyngus>=2.3.0,<3'
@@ -193,3 +195,80 @@ def decode_in_python(link) -> None:
         with link._callback_lock:
             handler.message_received(link, message, handle)
     link._process_delivery = process_delivery
+
+
+try:
+    # the cffi binding of proton 0.39 and later: the filter uses it raw
+    import cproton as _cproton
+    _RAW = all(hasattr(_cproton, name) for name in (
+        'isnull', 'pn_collector_peek', 'pn_collector_pop', 'pn_event_type',
+        'pn_event_link', 'pn_event_delivery'))
+except ImportError:  # pragma: no cover - proton without cproton
+    _RAW = False
+_TRANSPORT = proton.Event.TRANSPORT.number
+_LINK_EVENTS = {etype.number: etype
+                for etype in (proton.Event.DELIVERY, proton.Event.LINK_FLOW)}
+
+
+class _LinkEvent:
+    """What pyngus reads of a delivery or link-flow event, and no more."""
+
+    __slots__ = ('type', 'link', 'delivery')
+
+    def __init__(self, etype, link, delivery) -> None:
+        self.type = etype
+        self.link = link
+        self.delivery = delivery
+
+
+class EventFilter:
+    """A connection's proton collector, as pyngus reads it, made cheaper.
+
+    proton's ``Event`` wraps the delivery, link, session, connection and
+    transport of every event, each through cffi. pyngus ignores
+    ``PN_TRANSPORT`` (about one per frame written) and reads only the
+    type, link and delivery of ``DELIVERY`` and ``LINK_FLOW`` events, the
+    ones every message brings: those skip the wrapping here; any other
+    event is proton's own. Measured on 4 green callers (RabbitMQ 3.10):
+    pyngus's ``process`` went from 110 to 74 us per call in the client,
+    and calls/s rose 9 % (3 alternating runs, ``tools/bench --eventlet``).
+    """
+
+    def __init__(self, collector) -> None:
+        self._collector = collector
+        self._impl = collector._impl
+
+    def peek(self):
+        """The next event pyngus handles (None when none is left)."""
+        impl = self._impl
+        while True:
+            raw = _cproton.pn_collector_peek(impl)
+            if _cproton.isnull(raw):
+                return None
+            number = _cproton.pn_event_type(raw)
+            if number == _TRANSPORT:
+                _cproton.pn_collector_pop(impl)
+                continue
+            etype = _LINK_EVENTS.get(number)
+            if etype is not None:
+                return _LinkEvent(
+                    etype, proton.Link.wrap(_cproton.pn_event_link(raw)),
+                    proton.Delivery.wrap(_cproton.pn_event_delivery(raw)))
+            return proton.Event.wrap(raw)
+
+    def pop(self) -> None:
+        _cproton.pn_collector_pop(self._impl)
+
+    def __getattr__(self, name):
+        return getattr(self._collector, name)
+
+
+def filter_events(conn) -> None:
+    """Have pyngus read conn's events through an :class:`EventFilter`.
+
+    Only with proton's cffi binding (0.39 and later); an older proton's
+    collector is left as it is.
+    """
+    collector = conn._pn_collector
+    if _RAW and hasattr(collector, '_impl'):
+        conn._pn_collector = EventFilter(collector)

@@ -64,3 +64,83 @@ def test_links_share_sessions_past_the_limit():
     finally:
         conn.destroy()
         container.destroy()
+
+
+def _pump(ta, tb):
+    """Move bytes between two in-memory transports until both are idle."""
+    for _ in range(50):
+        moved = False
+        for src, dst in ((ta, tb), (tb, ta)):
+            pending = src.pending()
+            if pending > 0:
+                dst.push(src.peek(pending))
+                src.pop(pending)
+                moved = True
+        if not moved:
+            return
+
+
+def _events_of_a_transfer(read):
+    """The events a sender's connection yields for two accepted messages.
+
+    read(collector) gives the (type, link name, delivery tag) of every
+    event, through proton's collector or pyngus_compat's filter.
+    """
+    a, b = proton.Connection(), proton.Connection()
+    ta, tb = proton.Transport(), proton.Transport(proton.Transport.SERVER)
+    ta.bind(a)
+    tb.bind(b)
+    collector = proton.Collector()
+    a.collect(collector)
+    a.open()
+    sender = a.session()
+    sender.open()
+    sender = sender.sender('tx')
+    sender.target.address = 'q'
+    sender.open()
+    b.open()
+    _pump(ta, tb)
+    ssn = b.session_head(proton.Endpoint.LOCAL_UNINIT)
+    ssn.open()
+    receiver = b.link_head(proton.Endpoint.LOCAL_UNINIT)
+    receiver.open()
+    receiver.flow(10)
+    _pump(ta, tb)
+    for tag in (b'm1', b'm2'):
+        sender.delivery(tag)
+        sender.send(b'payload')
+        sender.advance()
+    _pump(ta, tb)
+    while receiver.current is not None:
+        delivery = receiver.current
+        receiver.recv(delivery.pending)
+        delivery.update(proton.Delivery.ACCEPTED)
+        delivery.settle()
+        receiver.advance()
+    _pump(ta, tb)
+    return read(collector)
+
+
+def _read(source):
+    seen = []
+    event = source.peek()
+    while event is not None:
+        seen.append((str(event.type),
+                     event.link.name if event.link else None,
+                     event.delivery.tag if event.delivery else None))
+        source.pop()
+        event = source.peek()
+    return seen
+
+
+def test_the_event_filter_gives_pyngus_what_proton_does_but_transport():
+    plain = _events_of_a_transfer(_read)
+    filtered = _events_of_a_transfer(
+        lambda collector: _read(pyngus_compat.EventFilter(collector)))
+    types = [seen[0] for seen in plain]
+    # the exchange made every kind the filter treats apart
+    assert {'PN_TRANSPORT', 'PN_DELIVERY', 'PN_LINK_FLOW'} <= set(types)
+    assert filtered == [seen for seen in plain if seen[0] != 'PN_TRANSPORT']
+    deliveries = [seen for seen in filtered if seen[0] == 'PN_DELIVERY']
+    assert deliveries and all(link == 'tx' and tag is not None
+                              for _, link, tag in deliveries)
