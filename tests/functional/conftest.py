@@ -28,6 +28,7 @@ Fixtures:
   to kill and restart (``daemons.qdrouterd(users={'u': 'p'})``).
 """
 
+import logging
 import os
 import re
 import shutil
@@ -50,6 +51,8 @@ LOCALHOST = '127.0.0.1'
 AVOID_PORTS = {5672, 5674, 15672, 25672, 25673, 25674} | set(
     range(35672, 35683))
 START_TIMEOUT = 15.0
+# a throwaway RabbitMQ node that exits at its first start: tries on new ports
+START_ATTEMPTS = 2
 
 
 def render(template: str, **values) -> str:
@@ -348,16 +351,25 @@ class RabbitNodes(object):
         options: user and password of its only user (guest/guest),
         config (rabbitmq.conf lines), plugins (more to enable).
         """
-        while True:
-            port = free_port()
-            if port + 1 not in AVOID_PORTS and not _accepting(port + 1):
-                break
-        node = rabbitnode.RabbitNode(
-            self.server, self._base, 'amqp1t%d' % port, port,
-            root=self.root, **options)
-        self._nodes.append(node)
-        node.start()
-        return node
+        for attempt in range(START_ATTEMPTS):
+            while True:
+                port = free_port()
+                if port + 1 not in AVOID_PORTS and not _accepting(port + 1):
+                    break
+            node = rabbitnode.RabbitNode(
+                self.server, self._base, 'amqp1t%d' % port, port,
+                root=self.root, **options)
+            self._nodes.append(node)
+            try:
+                node.start()
+                return node
+            except rabbitnode.NodeExited as exc:
+                # e.g. another process took the port or port + 1 since
+                # free_port() found them free
+                if attempt + 1 == START_ATTEMPTS:
+                    raise
+                logging.getLogger(__name__).warning(
+                    'starting again on new ports: %s', exc)
 
     def cluster(self, size=3, **options) -> list:
         """size nodes started with one cookie, joined to the first."""

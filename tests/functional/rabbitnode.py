@@ -100,6 +100,10 @@ def _alive(pid) -> bool:
         return False
 
 
+class NodeExited(RuntimeError):
+    """A node's server script ended before the node listened."""
+
+
 class RabbitNode:
     """One RabbitMQ node on port (AMQP 0-9-1 and 1.0) and port + 1.
 
@@ -198,8 +202,10 @@ class RabbitNode:
         log.close()
         while time.monotonic() - start < START_TIMEOUT:
             if self.proc.poll() is not None:
-                raise RuntimeError('RabbitMQ node %s exited: see %s' %
-                                   (self.name, self.dir))
+                self.proc = None
+                raise NodeExited('RabbitMQ node %s exited: see %s; its '
+                                 'console said:\n%s' % (
+                                     self.name, self.dir, self._console()))
             if port_open(self.port, self.host, self.netns):
                 return time.monotonic() - start
             time.sleep(0.1 if self.netns is None else 0.5)
@@ -207,6 +213,15 @@ class RabbitNode:
         raise RuntimeError('RabbitMQ node %s did not listen on %d within '
                            '%ss: see %s' % (self.name, self.port,
                                             START_TIMEOUT, self.dir))
+
+    def _console(self, lines: int = 15) -> str:
+        """The last lines of the node's console.log."""
+        try:
+            with open(os.path.join(self.dir, 'console.log'), 'rb') as f:
+                text = f.read().decode('utf-8', 'replace')
+        except OSError as exc:
+            return str(exc)
+        return '\n'.join(text.rstrip().splitlines()[-lines:])
 
     def ctl(self, *args) -> str:
         """rabbitmqctl on this node (the script beside the server's)."""
