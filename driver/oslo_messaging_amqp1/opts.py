@@ -140,7 +140,7 @@ amqp1_opts = [
                     'is down, still waits. Nothing from the peer paces a '
                     'pre-settled cast: it waits to be written (and while '
                     'more than 1 MB is not yet on the wire), except up to 8 '
-                    'at a time after its caller paused between casts, on a '
+                    'at a time while the connection carries no calls, on a '
                     'peer that is not a router. 0: every send waits, as '
                     'the former driver did.'),
     # not an option of the former driver; named as the rabbit driver's

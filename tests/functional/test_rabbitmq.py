@@ -309,10 +309,10 @@ def test_a_refused_reply_queue_gives_way_to_a_new_one(bus, monkeypatch):
 def test_calls_beside_a_back_to_back_caster(bus):
     """Casts sent back to back do not hold up the same transport's calls.
 
-    A pre-settled cast waits for the I/O thread to write it unless its
-    caller paused (see ProtonDriver._cast_presettled). Handing every cast
-    over at once let this caster send some 2,400-3,000 casts/s and made
-    the calls beside it take 59-315 ms (median) instead of 6-9 ms.
+    A pre-settled cast waits for the I/O thread to write it while the
+    connection carries calls (see ProtonDriver._cast_presettled). Handing
+    every cast over at once let this caster send some 2,400-3,000 casts/s
+    and made the calls beside it take 59-315 ms (median) instead of 6-9 ms.
     """
     topic = _topic()
     servers = bus.transport()
