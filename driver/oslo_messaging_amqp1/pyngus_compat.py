@@ -13,7 +13,8 @@ pyngus 2.x has no public way to do six things the driver needs:
   which RabbitMQ's management link pair needs;
 * share sessions between links (:class:`Sessions`): pyngus opens a session
   per link, and RabbitMQ 4 accepts 64 sessions on a connection;
-* read proton's events more cheaply than through ``proton.Event``
+* read proton's events more cheaply than through ``proton.Event``, and
+  hand a receiver its deliveries without proton's Python wrappers
   (:class:`EventFilter`, on the connection's ``_pn_collector``);
 * learn that the peer answered a detach without ``closed=true``: pyngus
   ignores proton's ``LINK_REMOTE_DETACH`` event, so a RabbitMQ 3.x answer
@@ -37,7 +38,7 @@ from oslo_messaging_amqp1 import codec
 
 # what the functions below read or replace on pyngus's objects
 RECEIVER_INTERNALS = ('_pn_link', '_handler', '_unsettled_deliveries',
-                      '_callback_lock', '_process_delivery')
+                      '_callback_lock', '_process_delivery', '_connection')
 SENDER_INTERNALS = ('_pn_link',)
 CONNECTION_INTERNALS = ('_receiver_links', '_sender_links', '_pn_collector')
 SESSION_INTERNALS = ('_links', '_pn_session', 'new_sender', 'new_receiver',
@@ -175,7 +176,9 @@ def decode_in_python(link) -> None:
 
     pyngus decodes every delivery with proton's Message; this replaces the
     link's delivery step with one that uses :func:`codec.decode_message`,
-    keeping pyngus's handles and callbacks.
+    keeping pyngus's handles and callbacks. Where the connection's events
+    pass an :class:`EventFilter`, the filter does that step itself, on
+    proton's C objects (:meth:`EventFilter.receive_raw`).
     """
     handles = itertools.count()
 
@@ -183,18 +186,25 @@ def decode_in_python(link) -> None:
         if not pn_delivery.readable or pn_delivery.partial:
             return
         pn = link._pn_link
-        data = pn.recv(pn_delivery.pending)
-        message = codec.decode_message(data)
+        message = codec.decode_message(pn.recv(pn_delivery.pending))
         pn.advance()
-        handler = link._handler
-        if handler is None:
-            pn_delivery.settle()
-            return
-        handle = next(handles)
-        link._unsettled_deliveries[handle] = pn_delivery
-        with link._callback_lock:
-            handler.message_received(link, message, handle)
+        _hand_over(link, handles, pn_delivery, message)
     link._process_delivery = process_delivery
+    collector = getattr(link._connection, '_pn_collector', None)
+    if isinstance(collector, EventFilter):
+        collector.receive_raw(link, handles)
+
+
+def _hand_over(link, handles, delivery, message) -> None:
+    """Give a received message to link's handler, as pyngus would."""
+    handler = link._handler
+    if handler is None:
+        delivery.settle()
+        return
+    handle = next(handles)
+    link._unsettled_deliveries[handle] = delivery
+    with link._callback_lock:
+        handler.message_received(link, message, handle)
 
 
 try:
@@ -206,6 +216,7 @@ try:
 except ImportError:  # pragma: no cover - proton without cproton
     _RAW = False
 _TRANSPORT = proton.Event.TRANSPORT.number
+_DELIVERY = proton.Event.DELIVERY.number
 _LINK_EVENTS = {etype.number: etype
                 for etype in (proton.Event.DELIVERY, proton.Event.LINK_FLOW)}
 
@@ -237,6 +248,45 @@ class EventFilter:
     def __init__(self, collector) -> None:
         self._collector = collector
         self._impl = collector._impl
+        self._receivers = {}   # proton link -> (pyngus receiver, handles)
+
+    def receive_raw(self, link, handles) -> None:
+        """Deliver link's messages here, never as events to pyngus.
+
+        What :func:`decode_in_python` does, without wrapping the link and
+        the delivery of each message in proton's Python objects. Measured
+        on a server taking casts from RabbitMQ 3.10 (3 alternating
+        ``tools/bench`` runs each): CPU per message 0.171-0.194 ->
+        0.132-0.138 ms at 100 B, 0.181-0.204 -> 0.139-0.201 ms at 3 KB.
+        """
+        self._receivers = {pn: entry for pn, entry in self._receivers.items()
+                           if self._alive(pn, entry[0])}
+        self._receivers[link._pn_link._impl] = (link, handles)
+
+    @staticmethod
+    def _alive(raw_link, link) -> bool:
+        # pyngus drops its proton link when it frees it: the address may
+        # then come back as another link
+        pn = link._pn_link
+        return pn is not None and pn._impl == raw_link
+
+    def _receive(self, raw_link, raw) -> bool:
+        """Deliver a delivery event of a raw receiver (False: not one)."""
+        entry = self._receivers.get(raw_link)
+        if entry is None:
+            return False
+        link, handles = entry
+        if not self._alive(raw_link, link):
+            del self._receivers[raw_link]
+            return False
+        if _cproton.pn_delivery_readable(raw) and \
+                not _cproton.pn_delivery_partial(raw):
+            _, data = _cproton.pn_link_recv(
+                raw_link, _cproton.pn_delivery_pending(raw))
+            message = codec.decode_message(data)
+            _cproton.pn_link_advance(raw_link)
+            _hand_over(link, handles, _RawDelivery(raw), message)
+        return True
 
     def peek(self):
         """The next event pyngus handles (None when none is left)."""
@@ -246,7 +296,10 @@ class EventFilter:
             if _cproton.isnull(raw):
                 return None
             number = _cproton.pn_event_type(raw)
-            if number == _TRANSPORT:
+            if number == _TRANSPORT or (
+                    number == _DELIVERY and self._receivers and
+                    self._receive(_cproton.pn_event_link(raw),
+                                  _cproton.pn_event_delivery(raw))):
                 _cproton.pn_collector_pop(impl)
                 continue
             etype = _LINK_EVENTS.get(number)
@@ -261,6 +314,40 @@ class EventFilter:
 
     def __getattr__(self, name):
         return getattr(self._collector, name)
+
+
+class _RawDelivery:
+    """A received delivery as pyngus settles it, with no proton wrapper.
+
+    pyngus calls ``update(state)`` and ``settle()``; a rejection or a
+    modification also sets ``local``, which wraps the delivery then.
+    Holds a reference on proton's delivery, as the wrapper would.
+    """
+
+    __slots__ = ('_impl', '_wrapper')
+
+    def __init__(self, impl) -> None:
+        _cproton.pn_incref(impl)
+        self._impl = impl
+        self._wrapper = None
+
+    def __del__(self) -> None:
+        _cproton.pn_decref(self._impl)
+
+    @property
+    def local(self):
+        if self._wrapper is None:
+            self._wrapper = proton.Delivery.wrap(self._impl)
+        return self._wrapper.local
+
+    def update(self, state) -> None:
+        if self._wrapper is not None:
+            self._wrapper.update(state)   # with what was set on local
+        else:
+            _cproton.pn_delivery_update(self._impl, state)
+
+    def settle(self) -> None:
+        _cproton.pn_delivery_settle(self._impl)
 
 
 def filter_events(conn) -> None:

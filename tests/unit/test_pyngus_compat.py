@@ -14,6 +14,7 @@ from pyngus import link as pyngus_link
 import pytest
 
 from oslo_messaging_amqp1 import pyngus_compat
+from tests.unit import helpers
 
 
 def test_installed_pyngus_has_every_internal_used():
@@ -144,3 +145,58 @@ def test_the_event_filter_gives_pyngus_what_proton_does_but_transport():
     deliveries = [seen for seen in filtered if seen[0] == 'PN_DELIVERY']
     assert deliveries and all(link == 'tx' and tag is not None
                               for _, link, tag in deliveries)
+
+
+def _settled_by_a_receiver(filtered):
+    """Send three messages to a pyngus receiver; settle them three ways.
+
+    Returns the bodies the receiver got, the types of the deliveries
+    pyngus held, the sender's view of each outcome and what is left
+    unsettled.
+    """
+    with helpers.ReceiverPair(filtered) as pair:
+        sent = pair.send([{'n': n} for n in range(3)])
+        pair.pump()
+        link = pair.link
+        kinds = {type(d) for d in link._unsettled_deliveries.values()}
+        (_, h0), (_, h1), (_, h2) = pair.handler.received
+        link.message_accepted(h0)
+        link.message_rejected(h1, proton.Condition('amqp:decode-error',
+                                                   'not JSON'))
+        link.message_modified(h2, True, True, None)
+        pair.pump()
+        outcomes = [(d.remote_state, d.remote.condition and
+                     d.remote.condition.description,
+                     d.remote_state == proton.Delivery.MODIFIED and
+                     (d.remote.failed, d.remote.undeliverable))
+                    for d in sent]
+        return (pair.handler.bodies(), kinds, outcomes,
+                dict(link._unsettled_deliveries))
+
+
+@pytest.mark.parametrize('filtered', [False, True])
+def test_a_receiver_gets_and_settles_messages_with_or_without_wrappers(
+        filtered):
+    bodies, kinds, outcomes, unsettled = _settled_by_a_receiver(filtered)
+    assert bodies == [{'n': 0}, {'n': 1}, {'n': 2}]
+    raw = pyngus_compat._RawDelivery
+    assert kinds == ({raw} if filtered else {proton.Delivery})
+    assert outcomes == [
+        (proton.Delivery.ACCEPTED, None, False),
+        (proton.Delivery.REJECTED, 'not JSON', False),
+        (proton.Delivery.MODIFIED, None, (True, True)),
+    ]
+    assert unsettled == {}
+
+
+def test_the_event_filter_forgets_freed_receivers():
+    with helpers.ReceiverPair(True) as pair:
+        collector = pair.conn._pn_collector
+        assert [entry[0] for entry in collector._receivers.values()] == [
+            pair.link]
+        pair.link.destroy()
+        second = pair.conn.create_receiver('q', 'q', helpers.Received(),
+                                           'rx2')
+        pyngus_compat.decode_in_python(second)
+        assert [entry[0] for entry in collector._receivers.values()] == [
+            second]
