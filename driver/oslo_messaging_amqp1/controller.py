@@ -139,9 +139,10 @@ class Controller(pyngus.ConnectionEventHandler):
         """Settle a message received on rx and give its credit back.
 
         Any thread; outcome is accept, release, modify or the text of a
-        rejection.
+        rejection. The I/O thread settles it on its next pass, within
+        ``eventloop.LAZY_DELAY`` (see :meth:`eventloop.IOLoop.call_lazy`).
         """
-        self.loop.call_soon(self.receiving.settle, rx, handle, outcome)
+        self.loop.call_lazy(self.receiving.settle, rx, handle, outcome)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Close everything and stop the I/O thread (any thread)."""

@@ -4,8 +4,9 @@
 """The I/O thread: sockets, timers and hand-off between threads.
 
 Everything proton/pyngus touches runs on the one thread started here. Other
-threads (native or green) talk to it only through :meth:`IOLoop.call_soon`,
-and wait for its answers through :class:`Waiter` and :class:`Inbox`.
+threads (native or green) talk to it only through :meth:`IOLoop.call_soon`
+(and :meth:`IOLoop.call_lazy`, for settlements), and wait for its answers
+through :class:`Waiter` and :class:`Inbox`.
 
 Which kind of thread, chosen from measurements (``tools/bench --eventlet``,
 4 green callers, RabbitMQ 3.10, 2 cores, same run as the rabbit driver):
@@ -58,6 +59,12 @@ _socket = _original('socket')
 _time = _original('time')
 
 now = _time.monotonic
+# a lazy call (a settlement) waits at most this long for the loop's next
+# pass, while the loop expects one (see IOLoop.call_lazy)
+LAZY_DELAY = 0.002
+# how long after it last handed a message out the loop naps LAZY_DELAY
+# at a time: the settlement of a message held longer sends a wake-up byte
+LAZY_WINDOW = 0.008
 # the unsent bytes of a socket (SIOCOUTQ on Linux)
 _TIOCOUTQ = getattr(_termios, 'TIOCOUTQ', 0x5411)
 
@@ -355,6 +362,11 @@ class IOLoop:
         self._wake_w.setblocking(False)
         # a wake-up byte is on its way: later calls need not send one
         self._wake_pending = False
+        # lazy calls expected, when the last was announced, and when the
+        # loop next runs its calls at the latest (0: it is running)
+        self._expected = 0
+        self._expected_at = 0.0
+        self._awake_by = 0.0
         self._stopping = False
         self._ident = None
         self._pid = green.pid()
@@ -390,6 +402,35 @@ class IOLoop:
                            self._bridge.os_thread):
             self._poller.wake()
             return
+        self._wake()
+
+    def call_lazy(self, fn, *args) -> None:
+        """Run fn(*args) on the I/O thread within LAZY_DELAY (thread-safe).
+
+        For the settlement of a message handed out by a connection that
+        called :meth:`expect_call`. While one is expected, the loop never
+        sleeps longer than LAZY_DELAY, so the call waits for its next pass
+        instead of waking it with a byte: the reader of the next message
+        settles this one. The wake-up byte of a native loop costs the I/O
+        thread a pass and the caller a GIL hand-off per message. A green
+        loop is woken at once (its wake-up is a hub call).
+        """
+        self._calls.append((self._run_lazy, (fn, args)))
+        if self._threads.get_ident() == self._ident:
+            return
+        if self.green:
+            if _threading.get_ident() == self._bridge.os_thread:
+                self._poller.wake()
+            else:
+                self._wake()
+            return
+        # the loop publishes _awake_by before it looks at _calls one last
+        # time: a call appended before this read is seen by that look
+        if self._awake_by - now() > LAZY_DELAY:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Send the loop a wake-up byte unless one is on its way."""
         if self._wake_pending:
             return
         self._wake_pending = True
@@ -418,6 +459,16 @@ class IOLoop:
             self._thread.join(timeout)
 
     # -- API for the I/O thread ------------------------------------------
+
+    def expect_call(self) -> None:
+        """A message was handed out: its settlement will come lazily."""
+        self._expected += 1
+        self._expected_at = now()
+
+    def _run_lazy(self, fn, args) -> None:
+        if self._expected:
+            self._expected -= 1
+        fn(*args)
 
     def call_later(self, delay: float, fn) -> Timer:
         """Schedule fn() after delay seconds; returns a Timer."""
@@ -535,19 +586,23 @@ class IOLoop:
         if self._stopping:
             return
         readers, writers, deadline = self._process(self._run_timers())
+        t = now()
+        timeout = 5.0 if deadline is None else max(0.0, deadline - t)
+        if (self._expected and timeout > LAZY_DELAY and not self.green and
+                t - self._expected_at < LAZY_WINDOW):
+            timeout = LAZY_DELAY   # a nap: a settlement is on its way
+        self._awake_by = t + timeout
         if self._calls:
             timeout = 0
-        elif deadline is None:
-            timeout = 5.0
-        else:
-            timeout = max(0.0, deadline - now())
         try:
             r, w = self._poller.poll(readers, writers, timeout)
         except (OSError, ValueError):
             # a socket went bad between io_wants and select: find it
+            self._awake_by = 0.0
             for conn in list(self._conns):
                 conn.io_check()
             return
+        self._awake_by = 0.0
         if self._forked():
             return
         for conn in w:

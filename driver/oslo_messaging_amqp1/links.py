@@ -170,7 +170,8 @@ class ReceiverLink:
 
     Credit given back by settled messages is owed to the peer until half
     of the link's credit is: one flow frame per batch, not per message.
-    The owner answers ``receiver_gone(rx, why)`` and ``drop_link(link)``.
+    The owner answers ``receiver_gone(rx, why)``, ``drop_link(link)`` and
+    ``hand_out(rx, handle, message)``.
     """
 
     kind = 'receiver'  # the link names' prefix
@@ -235,7 +236,7 @@ class ReceiverLink:
             # sent before the peer saw our detach: it can go elsewhere
             self.release(handle)
             return
-        self.sub.inbox.put((self, handle, message))
+        self.owner.hand_out(self, handle, message)
 
 
 class ReplyLink(ReceiverLink):

@@ -80,6 +80,11 @@ class Subscriptions:
                 self._attach_receiver(sub, rx.route)
         ctl.loop.call_later(ctl.opts.link_retry_delay, again)
 
+    def hand_out(self, rx, handle, message) -> None:
+        """Pass a message of rx to its consumer, which settles it lazily."""
+        self.ctl.loop.expect_call()
+        rx.sub.inbox.put((rx, handle, message))
+
     def drop_link(self, link) -> None:
         """Free a closed link once its callbacks returned."""
         self.ctl.drop_link(link)

@@ -1,0 +1,106 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""The native I/O loop's lazy calls: settlements that need no wake-up."""
+
+import random
+import threading
+import time
+
+import pytest
+
+from oslo_messaging_amqp1 import eventloop
+
+
+@pytest.fixture
+def loop():
+    """A native I/O loop that counts its wake-up bytes and passes."""
+    lp = eventloop.IOLoop('test-io')
+    lp.wakes = 0
+    lp.passes = 0
+    wake, once = lp._wake, lp._once
+
+    def counted_wake():
+        lp.wakes += 1
+        wake()
+
+    def counted_once():
+        lp.passes += 1
+        once()
+    lp._wake = counted_wake
+    lp._once = counted_once
+    yield lp
+    lp.stop()
+
+
+def _on_loop(lp, fn, *args):
+    """Run fn(*args) on the loop's thread and wait for it."""
+    waiter = eventloop.Waiter()
+
+    def run():
+        fn(*args)
+        waiter.set()
+    lp.call_soon(run)
+    waiter.wait(5)
+    assert waiter.done()
+
+
+def _settle_into_sleep(lp):
+    """Let the loop finish what it was doing and go to sleep."""
+    time.sleep(eventloop.LAZY_WINDOW + 0.05)
+
+
+def test_a_lazy_call_wakes_an_idle_loop(loop):
+    _settle_into_sleep(loop)
+    ran = threading.Event()
+    wakes = loop.wakes
+    loop.call_lazy(ran.set)
+    # an idle loop sleeps 5 s: only its wake-up byte gets it there sooner
+    assert ran.wait(2.0)
+    assert loop.wakes == wakes + 1
+
+
+def test_a_lazy_call_rides_the_next_pass_while_one_is_expected(loop):
+    _settle_into_sleep(loop)
+    _on_loop(loop, loop.expect_call)
+    wakes = loop.wakes
+    ran = threading.Event()
+    loop.call_lazy(ran.set)
+    assert ran.wait(2.0)
+    assert loop.wakes == wakes, 'a lazy call sent a wake-up byte'
+
+
+def test_a_held_message_stops_the_naps(loop):
+    """A message the consumer keeps: a few naps, then a wake-up byte."""
+    _settle_into_sleep(loop)
+    _on_loop(loop, loop.expect_call)
+    passes = loop.passes
+    time.sleep(0.3)
+    naps = loop.passes - passes
+    # about LAZY_WINDOW / LAZY_DELAY; napping on would give 150
+    assert naps <= 2 * eventloop.LAZY_WINDOW / eventloop.LAZY_DELAY + 2
+    wakes = loop.wakes
+    ran = threading.Event()
+    loop.call_lazy(ran.set)
+    assert ran.wait(2.0)
+    assert loop.wakes == wakes + 1
+
+
+def test_a_lazy_call_is_never_stranded(loop):
+    """The loop publishes how long it sleeps before its last look.
+
+    A consumer settles at random moments around the loop's naps and the
+    end of its window, as it would while messages arrive; a settlement
+    missed by that last look would wait for the 5 s idle sleep.
+    """
+    rnd = random.Random(12)
+    slow = []
+    for _i in range(300):
+        loop.call_soon(loop.expect_call)
+        time.sleep(rnd.uniform(0, 2.5 * eventloop.LAZY_WINDOW))
+        ran = threading.Event()
+        queued = eventloop.now()
+        loop.call_lazy(ran.set)
+        if not ran.wait(1.0):
+            slow.append(eventloop.now() - queued)
+    assert not slow, '%d lazy calls waited over 1 s' % len(slow)
