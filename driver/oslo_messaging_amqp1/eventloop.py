@@ -413,7 +413,8 @@ class IOLoop:
         instead of waking it with a byte: the reader of the next message
         settles this one. The wake-up byte of a native loop costs the I/O
         thread a pass and the caller a GIL hand-off per message. A green
-        loop is woken at once (its wake-up is a hub call).
+        loop is woken at once (its wake-up is a hub call; lazy there too,
+        paced CPU was 0.61-0.80 of the rabbit driver's against 0.60-0.80).
         """
         self._calls.append((self._run_lazy, (fn, args)))
         if self._threads.get_ident() == self._ident:
