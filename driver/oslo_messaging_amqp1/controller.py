@@ -140,9 +140,11 @@ class Controller(pyngus.ConnectionEventHandler):
 
         Any thread; outcome is accept, release, modify or the text of a
         rejection. The I/O thread settles it on its next pass, within
-        ``eventloop.LAZY_DELAY`` (see :meth:`eventloop.IOLoop.call_lazy`).
+        ``eventloop.LAZY_DELAY`` (see :meth:`eventloop.IOLoop.call_lazy`),
+        or at once when rx has no credit left: its peer waits for it.
         """
-        self.loop.call_lazy(self.receiving.settle, rx, handle, outcome)
+        self.loop.call_lazy(self.receiving.settle, (rx, handle, outcome),
+                            urgent=rx.starved)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Close everything and stop the I/O thread (any thread)."""

@@ -170,6 +170,8 @@ class ReceiverLink:
 
     Credit given back by settled messages is owed to the peer until half
     of the link's credit is: one flow frame per batch, not per message.
+    ``starved`` is true while the peer has no credit left: a settlement
+    then hurries (:meth:`controller.Controller.settle`).
     The owner answers ``receiver_gone(rx, why)``, ``drop_link(link)`` and
     ``hand_out(rx, handle, message)``.
     """
@@ -183,6 +185,9 @@ class ReceiverLink:
         self.link = None
         self.owed = 0
         self.refill = max(1, credit // 2)
+        self.credit = credit
+        self.unflowed = 0   # received since the flow that covers them
+        self.starved = False
 
     def attach(self, sessions, address, source, credit) -> None:
         """Open the link with credit on one of sessions (I/O thread)."""
@@ -197,7 +202,15 @@ class ReceiverLink:
         self.owed += 1
         if self.owed >= self.refill:
             self.link.add_capacity(self.owed)
+            self.unflowed = max(0, self.unflowed - self.owed)
             self.owed = 0
+            self.starved = False
+
+    def took_one(self) -> None:
+        """A message used one credit; starved once the peer has none."""
+        self.unflowed += 1
+        if self.unflowed >= self.credit:
+            self.starved = True
 
     def release(self, handle) -> None:
         """Give a delivery back unread, with no new credit (detaching)."""

@@ -82,6 +82,7 @@ class Subscriptions:
 
     def hand_out(self, rx, handle, message) -> None:
         """Pass a message of rx to its consumer, which settles it lazily."""
+        rx.took_one()
         self.ctl.loop.expect_call()
         rx.sub.inbox.put((rx, handle, message))
 

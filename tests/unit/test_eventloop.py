@@ -54,7 +54,7 @@ def test_a_lazy_call_wakes_an_idle_loop(loop):
     _settle_into_sleep(loop)
     ran = threading.Event()
     wakes = loop.wakes
-    loop.call_lazy(ran.set)
+    loop.call_lazy(ran.set, ())
     # an idle loop sleeps 5 s: only its wake-up byte gets it there sooner
     assert ran.wait(2.0)
     assert loop.wakes == wakes + 1
@@ -65,9 +65,20 @@ def test_a_lazy_call_rides_the_next_pass_while_one_is_expected(loop):
     _on_loop(loop, loop.expect_call)
     wakes = loop.wakes
     ran = threading.Event()
-    loop.call_lazy(ran.set)
+    loop.call_lazy(ran.set, ())
     assert ran.wait(2.0)
     assert loop.wakes == wakes, 'a lazy call sent a wake-up byte'
+
+
+def test_an_urgent_lazy_call_wakes_the_loop(loop):
+    """A settlement whose peer has no credit left does not wait."""
+    _settle_into_sleep(loop)
+    _on_loop(loop, loop.expect_call)
+    wakes = loop.wakes
+    ran = threading.Event()
+    loop.call_lazy(ran.set, (), urgent=True)
+    assert ran.wait(2.0)
+    assert loop.wakes == wakes + 1
 
 
 def test_a_held_message_stops_the_naps(loop):
@@ -81,7 +92,7 @@ def test_a_held_message_stops_the_naps(loop):
     assert naps <= 2 * eventloop.LAZY_WINDOW / eventloop.LAZY_DELAY + 2
     wakes = loop.wakes
     ran = threading.Event()
-    loop.call_lazy(ran.set)
+    loop.call_lazy(ran.set, ())
     assert ran.wait(2.0)
     assert loop.wakes == wakes + 1
 
@@ -100,7 +111,7 @@ def test_a_lazy_call_is_never_stranded(loop):
         time.sleep(rnd.uniform(0, 2.5 * eventloop.LAZY_WINDOW))
         ran = threading.Event()
         queued = eventloop.now()
-        loop.call_lazy(ran.set)
+        loop.call_lazy(ran.set, ())
         if not ran.wait(1.0):
             slow.append(eventloop.now() - queued)
     assert not slow, '%d lazy calls waited over 1 s' % len(slow)

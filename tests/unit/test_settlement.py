@@ -346,6 +346,36 @@ def test_rpc_server_credit_bounds_unsettled_deliveries(messaging, broker,
     assert peak == credit
 
 
+def test_a_settlement_that_frees_the_last_credit_wakes_the_io_thread(
+        messaging, broker):
+    """Credit 1: the peer waits for each settlement, so none waits lazily.
+
+    Settlements otherwise wait up to 2 ms for the I/O thread's next pass
+    (eventloop.IOLoop.call_lazy); with no credit left there is no next
+    message to bring that pass, and each would cost its 2 ms.
+    """
+    address = 'exclusive.nova.compute.host1'
+    client = messaging.client(messaging.transport(broker), server='host1')
+    for i in range(10):
+        client.cast({}, 'echo', value=i)
+    assert broker.wait_for(lambda: broker.queue_depth(address) == 10)
+    transport = messaging.transport(broker, rpc_server_credit=1)
+    server, endpoint = messaging.server(transport, start=False)
+    server.start()
+    ctl = transport._driver._ctl
+    wakes = []
+    wake = ctl.loop._wake
+
+    def counted_wake():
+        wakes.append(1)
+        wake()
+    ctl.loop._wake = counted_wake
+    assert broker.wait_for(lambda: len(endpoint.calls) == 10)
+    assert endpoint.calls == list(range(10))
+    # one byte per settlement but the first (it may come before the count)
+    assert len(wakes) >= 9
+
+
 # ---- send_window ------------------------------------------------------------
 
 BROKER_INFO = 'unicast.nova.notifications.info'
