@@ -50,35 +50,32 @@ def _settle_into_sleep(lp):
     time.sleep(eventloop.LAZY_WINDOW + 0.05)
 
 
+def _wakes_of_a_lazy_call(lp, urgent=False):
+    """Make a lazy call, wait until it ran; the wake-up bytes it sent."""
+    ran = threading.Event()
+    wakes = lp.wakes
+    lp.call_lazy(ran.set, (), urgent=urgent)
+    # an idle loop sleeps 5 s: only a wake-up byte gets it there sooner
+    assert ran.wait(2.0)
+    return lp.wakes - wakes
+
+
 def test_a_lazy_call_wakes_an_idle_loop(loop):
     _settle_into_sleep(loop)
-    ran = threading.Event()
-    wakes = loop.wakes
-    loop.call_lazy(ran.set, ())
-    # an idle loop sleeps 5 s: only its wake-up byte gets it there sooner
-    assert ran.wait(2.0)
-    assert loop.wakes == wakes + 1
+    assert _wakes_of_a_lazy_call(loop) == 1
 
 
 def test_a_lazy_call_rides_the_next_pass_while_one_is_expected(loop):
     _settle_into_sleep(loop)
     _on_loop(loop, loop.expect_call)
-    wakes = loop.wakes
-    ran = threading.Event()
-    loop.call_lazy(ran.set, ())
-    assert ran.wait(2.0)
-    assert loop.wakes == wakes, 'a lazy call sent a wake-up byte'
+    assert _wakes_of_a_lazy_call(loop) == 0
 
 
 def test_an_urgent_lazy_call_wakes_the_loop(loop):
     """A settlement whose peer has no credit left does not wait."""
     _settle_into_sleep(loop)
     _on_loop(loop, loop.expect_call)
-    wakes = loop.wakes
-    ran = threading.Event()
-    loop.call_lazy(ran.set, (), urgent=True)
-    assert ran.wait(2.0)
-    assert loop.wakes == wakes + 1
+    assert _wakes_of_a_lazy_call(loop, urgent=True) == 1
 
 
 def test_a_held_message_stops_the_naps(loop):
@@ -90,11 +87,7 @@ def test_a_held_message_stops_the_naps(loop):
     naps = loop.passes - passes
     # about LAZY_WINDOW / LAZY_DELAY; napping on would give 150
     assert naps <= 2 * eventloop.LAZY_WINDOW / eventloop.LAZY_DELAY + 2
-    wakes = loop.wakes
-    ran = threading.Event()
-    loop.call_lazy(ran.set, ())
-    assert ran.wait(2.0)
-    assert loop.wakes == wakes + 1
+    assert _wakes_of_a_lazy_call(loop) == 1
 
 
 def test_a_lazy_call_is_never_stranded(loop):
