@@ -396,13 +396,7 @@ class IOLoop:
         has the hub resume the loop instead.
         """
         self._calls.append((fn, args))
-        if self._threads.get_ident() == self._ident:
-            return
-        if self.green and (_threading.get_ident() ==
-                           self._bridge.os_thread):
-            self._poller.wake()
-            return
-        self._wake()
+        self._notify()
 
     def call_lazy(self, fn, args: tuple, urgent: bool = False) -> None:
         """Run fn(*args) on the I/O thread within LAZY_DELAY (thread-safe).
@@ -419,18 +413,22 @@ class IOLoop:
         wakes the loop as :meth:`call_soon` does.
         """
         self._calls.append((self._run_lazy, (fn, args)))
-        if self._threads.get_ident() == self._ident:
-            return
-        if self.green:
-            if _threading.get_ident() == self._bridge.os_thread:
-                self._poller.wake()
-            else:
-                self._wake()
-            return
         # the loop publishes _awake_by before it looks at _calls one last
         # time: a call appended before this read is seen by that look
-        if urgent or self._awake_by - now() > LAZY_DELAY:
-            self._wake()
+        if (not self.green and not urgent and
+                self._awake_by - now() <= LAZY_DELAY):
+            return
+        self._notify()
+
+    def _notify(self) -> None:
+        """Have the loop run its queued calls (any thread but its own)."""
+        if self._threads.get_ident() == self._ident:
+            return
+        if self.green and (_threading.get_ident() ==
+                           self._bridge.os_thread):
+            self._poller.wake()
+            return
+        self._wake()
 
     def _wake(self) -> None:
         """Send the loop a wake-up byte unless one is on its way."""
