@@ -187,7 +187,6 @@ class ReceiverLink:
         self.refill = max(1, credit // 2)
         self.credit = credit
         self.unflowed = 0   # received since the flow that covers them
-        self.starved = False
 
     def attach(self, sessions, address, source, credit) -> None:
         """Open the link with credit on one of sessions (I/O thread)."""
@@ -204,13 +203,15 @@ class ReceiverLink:
             self.link.add_capacity(self.owed)
             self.unflowed = max(0, self.unflowed - self.owed)
             self.owed = 0
-            self.starved = False
 
     def took_one(self) -> None:
-        """A message used one credit; starved once the peer has none."""
+        """A message used one credit."""
         self.unflowed += 1
-        if self.unflowed >= self.credit:
-            self.starved = True
+
+    @property
+    def starved(self) -> bool:
+        """True while the peer has no credit left to send with."""
+        return self.unflowed >= self.credit
 
     def release(self, handle) -> None:
         """Give a delivery back unread, with no new credit (detaching)."""
