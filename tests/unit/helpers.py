@@ -29,6 +29,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
+def count_wakes(loop):
+    """Count the wake-up bytes an I/O loop is sent from now on."""
+    wakes = []
+    wake = loop._wake
+
+    def counted_wake():
+        wakes.append(1)
+        wake()
+    loop._wake = counted_wake
+    return wakes
+
+
 def run_module(module, timeout=30):
     """Run a test module in a fresh interpreter; its last line as JSON.
 

@@ -360,16 +360,8 @@ def test_a_settlement_that_frees_the_last_credit_wakes_the_io_thread(
         client.cast({}, 'echo', value=i)
     assert broker.wait_for(lambda: broker.queue_depth(address) == 10)
     transport = messaging.transport(broker, rpc_server_credit=1)
-    server, endpoint = messaging.server(transport, start=False)
-    server.start()
-    ctl = transport._driver._ctl
-    wakes = []
-    wake = ctl.loop._wake
-
-    def counted_wake():
-        wakes.append(1)
-        wake()
-    ctl.loop._wake = counted_wake
+    _server, endpoint = messaging.server(transport)
+    wakes = helpers.count_wakes(transport._driver._ctl.loop)
     assert broker.wait_for(lambda: len(endpoint.calls) == 10)
     assert endpoint.calls == list(range(10))
     # one byte per settlement but the first (it may come before the count)
