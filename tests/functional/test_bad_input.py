@@ -43,6 +43,7 @@ from oslo_messaging_amqp1 import opts
 from tests.functional import utils
 from tests import peers
 
+LOG = logging.getLogger(__name__)
 RABBIT_URL = os.environ.get('AMQP1_TEST_RABBIT_URL')
 WAIT = 10.0
 
@@ -220,7 +221,7 @@ class Env:
         return server
 
     def send(self, address, message):
-        """Send with raw proton; a refusal by the peer is fine."""
+        """Send with raw proton; a refusal or no outcome is fine."""
         sender = self.senders.get(address)
         if sender is None:
             sender = self.senders[address] = self.raw.create_sender(address)
@@ -228,6 +229,12 @@ class Env:
             sender.send(message, timeout=WAIT)
         except proton_utils.SendException:
             pass
+        except proton.Timeout:
+            # the broker's outcome is not under test (once, in CI, RabbitMQ
+            # 3.10 gave none in 10 s): what the driver does with the
+            # message is, and the test's own waits look for it
+            LOG.warning('%s: no outcome in %s s for a send to %s',
+                        self.kind, WAIT, address)
 
     def complaints(self):
         return [r for r in self.caplog.records
