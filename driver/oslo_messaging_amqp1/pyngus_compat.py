@@ -141,6 +141,15 @@ class Sessions:
         """Sessions open now."""
         return sum(1 for s in self._sessions if s._pn_session is not None)
 
+    def outgoing_bytes(self) -> int:
+        """Bytes proton holds in these sessions beyond the peer's window."""
+        total = 0
+        for session in self._sessions:
+            pn_session = session._pn_session
+            if pn_session is not None:
+                total += pn_session.outgoing_bytes
+        return total
+
     def sender(self, source, target, handler, name, properties=None):
         """A sender link, as Connection.create_sender makes it."""
         return self._link(self.connection._sender_links, 'new_sender',

@@ -17,7 +17,6 @@ import pyngus
 from oslo_messaging_amqp1 import eventloop
 from oslo_messaging_amqp1 import green
 from oslo_messaging_amqp1 import links
-from oslo_messaging_amqp1 import pyngus_compat
 
 LOG = green.IOLogger(__name__)
 
@@ -259,12 +258,9 @@ class Sends:
         6 s of 64 KB casts to RabbitMQ 3.10, before this was counted).
         """
         total = self.ctl.conn.has_output + self.unwritten
-        sessions = set()
-        for sender in self.senders.values():
-            pn_link = pyngus_compat.pn_link(sender.link)
-            if pn_link is not None and pn_link.session not in sessions:
-                sessions.add(pn_link.session)
-                total += pn_link.session.outgoing_bytes
+        if self.ctl.sessions is not None:
+            # per session, not per sender: a server has a sender per caller
+            total += self.ctl.sessions.outgoing_bytes()
         return total
 
     def release_drain_waiters(self) -> None:

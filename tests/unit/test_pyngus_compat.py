@@ -67,6 +67,25 @@ def test_links_share_sessions_past_the_limit():
         container.destroy()
 
 
+def test_sessions_count_the_bytes_proton_holds_for_their_links():
+    """Sending's backlog: each session's bytes once, however many links."""
+    container = pyngus.Container('sessions-test')
+    conn = container.create_connection('c')
+    try:
+        sessions = pyngus_compat.Sessions(conn, limit=2)
+        links = [sessions.sender(n, n, None, n) for n in ('a', 'b', 'c')]
+        assert sessions.count() == 2
+        assert sessions.outgoing_bytes() == 0
+        for link, size in zip(links, (100, 200, 400)):
+            pn_link = pyngus_compat.pn_link(link)
+            pn_link.delivery(b'tag')
+            pn_link.send(b'x' * size)
+        assert sessions.outgoing_bytes() == 700
+    finally:
+        conn.destroy()
+        container.destroy()
+
+
 def _pump(ta, tb):
     """Move bytes between two in-memory transports until both are idle."""
     for _ in range(50):
