@@ -188,12 +188,12 @@ class ReceiverLink:
         self.credit = credit
         self.unflowed = 0   # received since the flow that covers them
 
-    def attach(self, sessions, address, source, credit) -> None:
-        """Open the link with credit on one of sessions (I/O thread)."""
+    def attach(self, sessions, address, source) -> None:
+        """Open the link with its credit on one of sessions (I/O thread)."""
         name = '%s-%s' % (self.kind, uuid.uuid4().hex)
         self.link = sessions.receiver(address, source, self, name)
         pyngus_compat.decode_in_python(self.link)
-        self.link.add_capacity(credit)
+        self.link.add_capacity(self.credit)
         self.link.open()
 
     def give_credit(self) -> None:

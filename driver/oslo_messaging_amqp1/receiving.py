@@ -62,7 +62,7 @@ class Subscriptions:
                 LOG.error('Cannot subscribe to %s: %s', route.address, error)
                 self.receiver_gone(rx, error)
                 return
-            rx.attach(ctl.sessions, route.address, route.address, sub.credit)
+            rx.attach(ctl.sessions, route.address, route.address)
         ctl.declare_then(route, attach)
 
     def receiver_gone(self, rx, why: str) -> None:

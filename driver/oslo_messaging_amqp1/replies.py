@@ -114,7 +114,7 @@ class Replies:
                 self.retry_now = False
                 return
             source = route.address if route else None
-            rx.attach(ctl.sessions, source or ctl.container_id, source, credit)
+            rx.attach(ctl.sessions, source or ctl.container_id, source)
         ctl.declare_then(route, attach)
 
     def renamed(self, why: str) -> None:

@@ -71,9 +71,9 @@ def _attached(monkeypatch):
     """Record the sources reply links attach to (no peer here)."""
     sources = []
 
-    def attach(rx, sessions, address, source, credit):
+    def attach(rx, sessions, address, source):
         sources.append(source)
-        rx.link = types.SimpleNamespace(capacity=credit,
+        rx.link = types.SimpleNamespace(capacity=rx.credit,
                                         add_capacity=lambda n: None)
     monkeypatch.setattr(links.ReplyLink, 'attach', attach)
     return sources
