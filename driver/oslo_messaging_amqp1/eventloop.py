@@ -598,12 +598,13 @@ class IOLoop:
         try:
             r, w = self._poller.poll(readers, writers, timeout)
         except (OSError, ValueError):
+            r = w = None
+        self._awake_by = 0.0
+        if r is None:
             # a socket went bad between io_wants and select: find it
-            self._awake_by = 0.0
             for conn in list(self._conns):
                 conn.io_check()
             return
-        self._awake_by = 0.0
         if self._forked():
             return
         for conn in w:
