@@ -152,7 +152,7 @@ class ProtonDriver(base.BaseDriver):
         if wait_for_reply:
             msg.id = codec.new_message_id()
         task = tasks.SendTask(
-            lambda a: a.rpc_send(target), msg, timeout, retry,
+            lambda a: a.send_route('rpc', target), msg, timeout, retry,
             ('rpc-call' if wait_for_reply else 'rpc-cast') in
             self._pre_settled, is_call=bool(wait_for_reply),
             monitor=call_monitor_timeout if wait_for_reply else None,
@@ -203,7 +203,7 @@ class ProtonDriver(base.BaseDriver):
                                    use_envelope=(version == 2.0))
         msg.durable = True
         task = tasks.SendTask(
-            lambda a: a.notify_send(target), msg,
+            lambda a: a.send_route('notify', target), msg,
             self._opts.default_notify_timeout, retry,
             'notify' in self._pre_settled,
             label='notification to %s' % target.topic)

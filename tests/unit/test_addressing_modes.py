@@ -19,6 +19,7 @@ addresses are read back from the peer's links and received messages.
 import oslo_messaging as om
 import pytest
 
+from oslo_messaging_amqp1 import addressing
 from tests.unit import helpers
 
 ROUTABLE = {
@@ -186,3 +187,46 @@ def test_replies_use_the_dynamic_source(messaging, router):
     assert len(dynamic) == 1
     replies = [m for a, m, _s in router.received if a == dynamic[0]]
     assert len(replies) == 1
+
+
+@pytest.mark.parametrize('mode', ['legacy', 'routable', 'rabbitmq'])
+def test_a_send_route_is_built_once_per_target(conf, monkeypatch, mode):
+    """Every send asks for its route; the answer is kept per target."""
+    def make():
+        return addressing.make_addresser(
+            mode, conf.oslo_messaging_amqp, 'nova', None,
+            {'product': 'RabbitMQ', 'version': '4.0.5'})
+    addresser, fresh = make(), make()
+    targets = [('rpc', om.Target(topic='compute')),
+               ('rpc', om.Target(topic='compute', server='host1')),
+               ('rpc', om.Target(topic='compute', fanout=True)),
+               ('rpc', om.Target(topic='compute', exchange='other')),
+               ('notify', om.Target(topic='notifications.info'))]
+    built = []
+    for name in ('rpc_send', 'notify_send'):
+        def counted(target, _build=getattr(addresser, name)):
+            built.append(target)
+            return _build(target)
+        monkeypatch.setattr(addresser, name, counted)
+    for _round in range(3):
+        for kind, target in targets:
+            want = getattr(fresh, kind + '_send')(target)
+            assert addresser.send_route(kind, target) == want
+    assert len(built) == len(targets)
+    # a new but equal target finds the same route
+    same = addresser.send_route('rpc', om.Target(topic='compute'))
+    assert same is addresser.send_route('rpc', om.Target(topic='compute'))
+    assert len(built) == len(targets)
+
+
+def test_send_routes_are_kept_for_a_bounded_number_of_targets(conf,
+                                                              monkeypatch):
+    monkeypatch.setattr(addressing, 'SEND_ROUTES', 3)
+    addresser = addressing.make_addresser(
+        'rabbitmq', conf.oslo_messaging_amqp, 'nova', None,
+        {'product': 'RabbitMQ', 'version': '4.0.5'})
+    for n in range(10):
+        target = om.Target(topic='topic%d' % n)
+        assert addresser.send_route('notify', target) == (
+            addresser.notify_send(target))
+        assert len(addresser._send_routes) <= 3
