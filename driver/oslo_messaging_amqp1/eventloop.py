@@ -24,12 +24,23 @@ Which kind of thread, chosen from measurements (``tools/bench --eventlet``,
   ``select``, before, registered them anew on every pass): over 3
   alternating runs, 1,378-1,406 calls/s against 1,341-1,354 at 100 B and
   1,367-1,383 against 1,269-1,292 at 3 KB, CPU per call 5-9 % lower.
-  A green loop writes what a connection has to send in the same pass
-  rather than ask epoll whether the socket takes it: casts 2,879-4,290/s
-  against 2,492-3,932 (3 alternating runs, 100 B and 3 KB), calls the
-  same. A native loop's select costs nothing to ask (no gain measured).
   The price is eventlet's own: a green thread that never yields holds up
   this loop as it holds up the rabbit driver's heartbeats.
+
+Either loop writes what a connection has to send in the same pass rather
+than ask epoll or select whether the socket takes it. Green: casts
+2,879-4,290/s against 2,492-3,932 (3 alternating runs, 100 B and 3 KB),
+calls the same. Native: a notification sent at 450/s costs the I/O thread
+2 passes instead of 3, and at 900/s the client 0.464-0.490 ms of CPU
+against 0.484-0.508 (3 alternating runs, RabbitMQ 4.0); calls from 4
+threads 1,118 against 1,079/s, CPU per call 0.86 against 0.89 ms (means
+of 10 cells, 5 alternating runs, 100 B and 3 KB; cells vary by 30 %).
+Tried and not kept: a caller's thread running the loop's pass itself
+while the loop sleeps in select (a lock the loop drops around it). At 900
+notifications/s it cut wake-up bytes from 7,202 to 1,549-2,029 per 7,200
+and passes from 2.6 to 1.2 per message, but the client's CPU per message
+stayed 0.46-0.51 ms (the work moved threads) and the caller's send took
+0.31-0.41 ms, p50, against 0.16-0.28 (3 alternating runs each).
 
 Blocking helpers (RabbitMQ 3.x declarations over AMQP 0-9-1) always run on
 native threads (:meth:`IOLoop.start_helper`); under eventlet their log
@@ -558,8 +569,8 @@ class IOLoop:
             if d and (deadline is None or d < deadline):
                 deadline = d
             want_r, want_w = conn.io_wants()
-            if want_w and self.green:
-                # the socket takes it now, mostly: no trip through epoll
+            if want_w:
+                # the socket takes it now, mostly: no trip through select
                 conn.io_write()
                 want_r, want_w = conn.io_wants()
             if want_r:
