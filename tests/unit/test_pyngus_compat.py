@@ -8,12 +8,15 @@ with the list of what is gone: update pyngus_compat (and its supported
 range) before shipping with that pyngus.
 """
 
+import types
+
 import proton
 import pyngus
 from pyngus import link as pyngus_link
 import pytest
 
 from oslo_messaging_amqp1 import pyngus_compat
+from oslo_messaging_amqp1 import sending
 from tests.unit import helpers
 
 
@@ -81,6 +84,29 @@ def test_sessions_count_the_bytes_proton_holds_for_their_links():
             pn_link.delivery(b'tag')
             pn_link.send(b'x' * size)
         assert sessions.outgoing_bytes() == 700
+    finally:
+        conn.destroy()
+        container.destroy()
+
+
+def test_the_send_backlog_counts_what_the_sessions_hold():
+    """Pre-settled senders wait while proton holds bytes in sessions."""
+    container = pyngus.Container('backlog-test')
+    conn = container.create_connection('c')
+    try:
+        ctl = types.SimpleNamespace(conn=conn, sessions=None, loop=None,
+                                    opts=None)
+        sends = sending.Sends(ctl)
+        sends.unwritten = 50
+        base = conn.has_output + 50
+        assert sends.backlog() == base
+        ctl.sessions = pyngus_compat.Sessions(conn, limit=2)
+        link = ctl.sessions.sender('a', 'a', None, 'a')
+        pn_link = pyngus_compat.pn_link(link)
+        pn_link.delivery(b'tag')
+        pn_link.send(b'x' * (sending.OUTPUT_HIGH_WATER + 1))
+        assert sends.backlog() == base + sending.OUTPUT_HIGH_WATER + 1
+        assert sends.backlog() > sending.OUTPUT_HIGH_WATER
     finally:
         conn.destroy()
         container.destroy()
