@@ -562,7 +562,10 @@ class IOLoop:
         self._wake_w.close()
 
     def _process(self, deadline):
-        """Let every connection work; (readers, writers, next deadline)."""
+        """Let every connection work and write what the socket takes.
+
+        Returns (readers, writers, next deadline).
+        """
         readers, writers = [self._wake_r], []
         for conn in list(self._conns):
             d = conn.io_process(now())
