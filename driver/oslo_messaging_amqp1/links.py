@@ -42,18 +42,6 @@ def destroy(obj) -> None:
         LOG.debug('destroy %s: %s', obj, exc)
 
 
-class Encoded:
-    """A message's bytes, made at transmit time, as pyngus wants them."""
-
-    __slots__ = ('data',)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def encode(self) -> bytes:
-        return self.data
-
-
 class SenderLink:
     """A cached sender link to one address and the tasks waiting on it.
 
@@ -86,7 +74,7 @@ class SenderLink:
                 return
             idle = eventloop.now() - self.last_used
             if self.queue or self.link is None or \
-                    self.link.pending or idle < timeout:
+                    self.inflight or idle < timeout:
                 self.idle_timer = loop.call_later(
                     max(1.0, timeout - idle), check)
                 return
@@ -122,16 +110,16 @@ class SenderLink:
             self.owner.transmit(self, task)
         self.last_used = eventloop.now()
 
-    def send(self, task, message: Encoded) -> None:
-        """Write message; unless pre-settled, report its outcome."""
+    def send(self, task, data: bytes) -> None:
+        """Write an encoded message; unless pre-settled, report its outcome."""
         if task.presettled:
-            self.link.send(message)
+            pyngus_compat.send(self.link, data)
         else:
-            def outcome(link, handle, state, info):
+            def outcome(state, info):
                 self.inflight.discard(task)
                 self.owner.outcome(task, state, info)
             self.inflight.add(task)
-            self.link.send(message, outcome)
+            pyngus_compat.send(self.link, data, outcome)
         task.sent = True
 
     def describe(self, sent: bool) -> str:
@@ -162,6 +150,7 @@ class SenderLink:
         self.owner.sender_gone(self, str(error))
 
     def sender_closed(self, link) -> None:
+        pyngus_compat.abort_sends(link)
         self.owner.drop_link(link)
 
 

@@ -119,10 +119,9 @@ class Sends:
             task.message.body = b''
         if task.is_call:
             self.ctl.replies.track(task)
-        # pyngus sends what message.encode() returns
-        message = links.Encoded(task.message.encode())
-        self.unwritten += len(message.data)
-        sender.send(task, message)
+        data = task.message.encode()
+        self.unwritten += len(data)
+        sender.send(task, data)
         if task.presettled and not task.is_call:
             if self.backlog() > OUTPUT_HIGH_WATER:
                 self.drain_waiters.append(task)

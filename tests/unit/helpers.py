@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from unittest import mock
 
 import proton
 import pyngus
@@ -130,34 +131,23 @@ class Received(pyngus.ReceiverEventHandler):
         return [codec.decode_request(m)[1] for m, _ in self.received]
 
 
-class ReceiverPair(object):
-    """A pyngus receiver as the driver sets it up, fed by a proton sender.
+class _EnginePair(object):
+    """A pyngus connection and a proton peer, joined in memory.
 
-    No sockets: ``pump()`` moves the bytes between the two in memory
-    (``feed`` replaces how they reach pyngus). ``filtered`` puts the
-    driver's EventFilter on the receiver's connection.
+    No sockets: ``pump()`` moves the bytes between the two (``feed``
+    replaces how they reach pyngus). ``filtered`` puts the driver's
+    EventFilter on pyngus's connection.
     """
 
-    def __init__(self, filtered=True):
-        self.container = pyngus.Container('receiver-pair')
-        self.conn = self.container.create_connection('r')
+    def __init__(self, name, filtered):
+        self.container = pyngus.Container(name)
+        self.conn = self.container.create_connection(name)
         self.peer = proton.Connection()
         self.transport = proton.Transport(proton.Transport.SERVER)
         self.transport.bind(self.peer)
         if filtered:
             pyngus_compat.filter_events(self.conn)
         self.conn.open()
-        self.handler = Received()
-        self.link = self.conn.create_receiver('q', 'q', self.handler, 'rx')
-        pyngus_compat.decode_in_python(self.link)
-        self.link.add_capacity(1000)
-        self.link.open()
-        self.peer.open()
-        self.pump()
-        self.peer.session_head(proton.Endpoint.LOCAL_UNINIT).open()
-        self.sender = self.peer.link_head(proton.Endpoint.LOCAL_UNINIT)
-        self.sender.open()
-        self.pump()
 
     def __enter__(self):
         return self
@@ -165,15 +155,6 @@ class ReceiverPair(object):
     def __exit__(self, *exc):
         self.conn.destroy()
         self.container.destroy()
-
-    def send(self, bodies):
-        """Queue one request per body at the sender; its deliveries."""
-        sent = []
-        for n, body in enumerate(bodies):
-            sent.append(self.sender.delivery(b'm%d' % n))
-            self.sender.send(codec.encode_request({}, body).encode())
-            self.sender.advance()
-        return sent
 
     def pump(self, feed=None):
         """Move bytes both ways until neither side has any to give."""
@@ -194,3 +175,63 @@ class ReceiverPair(object):
             if not moved:
                 break
         self.conn.process(0)
+
+
+class ReceiverPair(_EnginePair):
+    """A pyngus receiver as the driver sets it up, fed by a proton sender."""
+
+    def __init__(self, filtered=True):
+        super().__init__('receiver-pair', filtered)
+        self.handler = Received()
+        self.link = self.conn.create_receiver('q', 'q', self.handler, 'rx')
+        pyngus_compat.decode_in_python(self.link)
+        self.link.add_capacity(1000)
+        self.link.open()
+        self.peer.open()
+        self.pump()
+        self.peer.session_head(proton.Endpoint.LOCAL_UNINIT).open()
+        self.sender = self.peer.link_head(proton.Endpoint.LOCAL_UNINIT)
+        self.sender.open()
+        self.pump()
+
+    def send(self, bodies):
+        """Queue one request per body at the sender; its deliveries."""
+        sent = []
+        for n, body in enumerate(bodies):
+            sent.append(self.sender.delivery(b'm%d' % n))
+            self.sender.send(codec.encode_request({}, body).encode())
+            self.sender.advance()
+        return sent
+
+
+class SenderPair(_EnginePair):
+    """A pyngus sender as the driver sets it up, read by a proton receiver.
+
+    Filtered, pyngus_compat.send writes on proton's C objects; else it
+    goes through pyngus's own send. ``credit`` is what the receiver
+    grants at first.
+    """
+
+    def __init__(self, filtered=True, credit=10):
+        super().__init__('sender-pair', filtered)
+        self.handler = mock.Mock()
+        self.link = self.conn.create_sender('q', 'q', self.handler, 'tx')
+        self.link.open()
+        self.peer.open()
+        self.pump()
+        self.peer.session_head(proton.Endpoint.LOCAL_UNINIT).open()
+        self.receiver = self.peer.link_head(proton.Endpoint.LOCAL_UNINIT)
+        self.receiver.open()
+        self.receiver.flow(credit)
+        self.pump()
+
+    def arrived(self):
+        """The receiver's new deliveries: (delivery, body, settled)."""
+        got = []
+        while self.receiver.current is not None:
+            delivery = self.receiver.current
+            data = self.receiver.recv(delivery.pending)
+            got.append((delivery, codec.decode_request(
+                codec.decode_message(data))[1], delivery.settled))
+            self.receiver.advance()
+        return got

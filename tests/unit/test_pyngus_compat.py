@@ -15,6 +15,7 @@ import pyngus
 from pyngus import link as pyngus_link
 import pytest
 
+from oslo_messaging_amqp1 import codec
 from oslo_messaging_amqp1 import pyngus_compat
 from oslo_messaging_amqp1 import sending
 from tests.unit import helpers
@@ -245,3 +246,98 @@ def test_the_event_filter_forgets_freed_receivers():
         pyngus_compat.decode_in_python(second)
         assert [entry[0] for entry in collector._receivers.values()] == [
             second]
+
+
+def _request(n):
+    return codec.encode_request({}, {'n': n}).encode()
+
+
+def _comparable(info):
+    """A send outcome's info with its condition as (name, description)."""
+    info = dict(info or {})
+    if info.get('condition') is not None:
+        info['condition'] = (info['condition'].name,
+                             info['condition'].description)
+    return info
+
+
+def _outcomes_of_sends(filtered):
+    """Four sends the peer settles four ways, and one pre-settled.
+
+    Returns what the peer received (body, pre-settled), each outcome as
+    the send's callback got it, and what the sender link has left.
+    """
+    with helpers.SenderPair(filtered) as pair:
+        outcomes = []
+        for n in range(4):
+            pyngus_compat.send(
+                pair.link, _request(n),
+                lambda state, info, n=n: outcomes.append(
+                    (n, state, _comparable(info))))
+        pyngus_compat.send(pair.link, _request(4))
+        pair.pump()
+        got = pair.arrived()
+        accepted, rejected, released, modified = [d for d, _, _ in got[:4]]
+        accepted.update(proton.Delivery.ACCEPTED)
+        rejected.local.condition = proton.Condition('amqp:decode-error',
+                                                    'not JSON')
+        rejected.update(proton.Delivery.REJECTED)
+        released.update(proton.Delivery.RELEASED)
+        modified.local.failed = True
+        modified.local.undeliverable = True
+        modified.update(proton.Delivery.MODIFIED)
+        for delivery, _, _ in got:
+            delivery.settle()
+        pair.pump()
+        return ([(body, settled) for _, body, settled in got],
+                sorted(outcomes), pair.link.pending,
+                pyngus_compat.pn_link(pair.link).unsettled)
+
+
+@pytest.mark.parametrize('filtered', [False, True])
+def test_sends_get_the_peers_outcomes_with_or_without_wrappers(filtered):
+    received, outcomes, pending, unsettled = _outcomes_of_sends(filtered)
+    assert received == [({'n': n}, n == 4) for n in range(5)]
+    S = pyngus.SenderLink
+    assert outcomes == [
+        (0, S.ACCEPTED, {}),
+        (1, S.REJECTED, {'condition': ('amqp:decode-error', 'not JSON')}),
+        (2, S.RELEASED, {}),
+        (3, S.MODIFIED, {'delivery-failed': True,
+                         'undeliverable-here': True}),
+    ]
+    assert (pending, unsettled) == (0, 0)
+
+
+@pytest.mark.parametrize('filtered', [False, True])
+def test_a_sender_hears_of_new_credit_once(filtered):
+    with helpers.SenderPair(filtered, credit=1) as pair:
+        pair.handler.credit_granted.reset_mock()
+        pyngus_compat.send(pair.link, _request(0))
+        pair.pump()
+        assert pair.link.credit == 0
+        pair.arrived()
+        pair.handler.credit_granted.assert_not_called()
+        pair.receiver.flow(3)
+        pair.pump()
+        pair.handler.credit_granted.assert_called_once_with(pair.link)
+        assert pair.link.credit == 3
+
+
+@pytest.mark.parametrize('filtered', [False, True])
+def test_sends_a_closed_sender_cut_off_are_aborted(filtered):
+    with helpers.SenderPair(filtered) as pair:
+        # as links.SenderLink does
+        pair.handler.sender_closed.side_effect = pyngus_compat.abort_sends
+        outcomes = []
+        for n in range(2):
+            pyngus_compat.send(pair.link, _request(n),
+                               lambda state, info: outcomes.append(state))
+        pair.pump()
+        assert len(pair.arrived()) == 2
+        pair.receiver.close()
+        pair.pump()
+        pair.link.close()
+        pair.pump()
+        pair.handler.sender_closed.assert_called_once_with(pair.link)
+        assert outcomes == [pyngus.SenderLink.ABORTED] * 2
