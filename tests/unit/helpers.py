@@ -156,6 +156,19 @@ class _EnginePair(object):
         self.conn.destroy()
         self.container.destroy()
 
+    def _attach(self, credit=0):
+        """Open self.link and the peer's end of it; the peer's link."""
+        self.link.open()
+        self.peer.open()
+        self.pump()
+        self.peer.session_head(proton.Endpoint.LOCAL_UNINIT).open()
+        peer_link = self.peer.link_head(proton.Endpoint.LOCAL_UNINIT)
+        peer_link.open()
+        if credit:
+            peer_link.flow(credit)
+        self.pump()
+        return peer_link
+
     def pump(self, feed=None):
         """Move bytes both ways until neither side has any to give."""
         feed = feed or self.conn.process_input
@@ -186,13 +199,7 @@ class ReceiverPair(_EnginePair):
         self.link = self.conn.create_receiver('q', 'q', self.handler, 'rx')
         pyngus_compat.decode_in_python(self.link)
         self.link.add_capacity(1000)
-        self.link.open()
-        self.peer.open()
-        self.pump()
-        self.peer.session_head(proton.Endpoint.LOCAL_UNINIT).open()
-        self.sender = self.peer.link_head(proton.Endpoint.LOCAL_UNINIT)
-        self.sender.open()
-        self.pump()
+        self.sender = self._attach()
 
     def send(self, bodies):
         """Queue one request per body at the sender; its deliveries."""
@@ -216,14 +223,7 @@ class SenderPair(_EnginePair):
         super().__init__('sender-pair', filtered)
         self.handler = mock.Mock()
         self.link = self.conn.create_sender('q', 'q', self.handler, 'tx')
-        self.link.open()
-        self.peer.open()
-        self.pump()
-        self.peer.session_head(proton.Endpoint.LOCAL_UNINIT).open()
-        self.receiver = self.peer.link_head(proton.Endpoint.LOCAL_UNINIT)
-        self.receiver.open()
-        self.receiver.flow(credit)
-        self.pump()
+        self.receiver = self._attach(credit)
 
     def arrived(self):
         """The receiver's new deliveries: (delivery, body, settled)."""
