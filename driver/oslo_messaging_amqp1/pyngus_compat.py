@@ -284,9 +284,7 @@ class EventFilter:
         ``tools/bench`` runs each): CPU per message 0.171-0.194 ->
         0.132-0.138 ms at 100 B, 0.181-0.204 -> 0.139-0.201 ms at 3 KB.
         """
-        self._receivers = {pn: entry for pn, entry in self._receivers.items()
-                           if self._alive(pn, entry[0])}
-        self._receivers[link._pn_link._impl] = (link, handles)
+        self._register(self._receivers, link, handles)
 
     @staticmethod
     def _alive(raw_link, link) -> bool:
@@ -295,15 +293,31 @@ class EventFilter:
         pn = link._pn_link
         return pn is not None and pn._impl == raw_link
 
+    def _register(self, table, link, state) -> tuple:
+        """Enter (link, state) in table, by link's proton link.
+
+        Drops the links pyngus freed since; returns the new entry.
+        """
+        for raw_link in [pn for pn, entry in table.items()
+                         if not self._alive(pn, entry[0])]:
+            del table[raw_link]
+        entry = table[link._pn_link._impl] = (link, state)
+        return entry
+
+    def _live(self, table, raw_link):
+        """table's (link, state) for raw_link; None if none or freed."""
+        entry = table.get(raw_link)
+        if entry is not None and not self._alive(raw_link, entry[0]):
+            del table[raw_link]
+            return None
+        return entry
+
     def _receive(self, raw_link, raw) -> bool:
         """Deliver a delivery event of a raw receiver (False: not one)."""
-        entry = self._receivers.get(raw_link)
+        entry = self._live(self._receivers, raw_link)
         if entry is None:
             return False
         link, handles = entry
-        if not self._alive(raw_link, link):
-            del self._receivers[raw_link]
-            return False
         if _cproton.pn_delivery_readable(raw) and \
                 not _cproton.pn_delivery_partial(raw):
             _, data = _cproton.pn_link_recv(
@@ -324,9 +338,7 @@ class EventFilter:
         raw_link = link._pn_link._impl
         entry = self._senders.get(raw_link)
         if entry is None or entry[0] is not link:
-            self._senders = {pn: e for pn, e in self._senders.items()
-                             if self._alive(pn, e[0])}
-            entry = self._senders[raw_link] = (link, {})
+            entry = self._register(self._senders, link, {})
         tag = link._next_tag
         link._next_tag = tag + 1
         raw = _cproton.pn_delivery(raw_link, b'%x' % tag)
@@ -338,17 +350,9 @@ class EventFilter:
         else:
             entry[1][raw] = on_outcome
 
-    def _raw_sender(self, raw_link):
-        """The (link, sends) of a raw sender; None: pyngus's own."""
-        entry = self._senders.get(raw_link)
-        if entry is not None and not self._alive(raw_link, entry[0]):
-            del self._senders[raw_link]
-            return None
-        return entry
-
     def _sent(self, raw_link, raw) -> bool:
         """Report the outcome of a raw send (False: not a raw sender's)."""
-        entry = self._raw_sender(raw_link)
+        entry = self._live(self._senders, raw_link)
         if entry is None:
             return False
         state = _cproton.pn_delivery_remote_state(raw)
@@ -365,7 +369,7 @@ class EventFilter:
 
     def _flow(self, raw_link) -> bool:
         """Credit for a raw sender, as pyngus's ``_process_credit``."""
-        entry = self._raw_sender(raw_link)
+        entry = self._live(self._senders, raw_link)
         if entry is None:
             return False
         link = entry[0]
