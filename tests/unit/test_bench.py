@@ -29,6 +29,7 @@ RESULT_KEYS = {
     'latency_kind', 'client_cpu_per_1k', 'server_cpu_per_1k',
     'client_rss_mb', 'server_rss_mb', 'sent', 'received', 'errors', 'lost',
     'elapsed', 'error_samples', 'notes', 'driver_class', 'topic',
+    'probe_ms', 'steal_pct',
 }
 
 
@@ -58,6 +59,9 @@ def test_bench_call_and_cast_on_router(router, tmp_path):
         assert r['latency_ms']['p99'] >= r['latency_ms']['p50'] > 0
         assert r['client_cpu_per_1k'] > 0 and r['server_rss_mb'] > 0
         assert 'oslo_messaging_amqp1' in r['driver_class']
+        # the machine's speed and the hypervisor's share, per trial
+        assert r['probe_ms'] > 0
+        assert 0.0 <= r['steal_pct'] <= 100.0, r['steal_pct']
     # the table went to stdout
     assert 'call1' in proc.stdout and 'msg/s' in proc.stdout
 
