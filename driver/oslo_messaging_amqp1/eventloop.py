@@ -19,7 +19,7 @@ Which kind of thread, chosen from measurements (``tools/bench --eventlet``,
   1,074 (1.03x), every result crossing OS threads through a pipe and the
   GIL; as a green thread 1,382 against 1,010 (1.37x), client plus server
   CPU 0.63 s per 1,000 calls against 0.90 as a native thread and 1.20 for
-  the rabbit driver (README's Performance section has the full runs).
+  the rabbit driver (doc/performance.rst has the full runs).
   Its sockets stay in an epoll set from pass to pass (eventlet's green
   ``select``, before, registered them anew on every pass): over 3
   alternating runs, 1,378-1,406 calls/s against 1,341-1,354 at 100 B and
