@@ -9,6 +9,7 @@ Set AMQP1_TEST_RABBIT_URL to the AMQP 1.0 listener of a RabbitMQ 3.x
 """
 
 import collections
+import json
 import logging
 import os
 import subprocess
@@ -607,3 +608,38 @@ def test_bus_check_tells_rabbitmq_from_the_daemons():
     argv[-1] = 'RabbitMQ'
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def _is_durable(name) -> bool:
+    """Does RabbitMQ refuse queue name re-declared non-durable?"""
+    import amqp
+
+    def declare(channel):
+        try:
+            channel.queue_declare(name, durable=False, auto_delete=False)
+            return False
+        except amqp.exceptions.PreconditionFailed:
+            return True
+    return _amqp091(declare)
+
+
+def test_bench_rabbit_durable_keeps_what_it_sends(tmp_path):
+    """tools/bench --rabbit-durable: the rabbit driver's durable queues."""
+    out = tmp_path / 'bench.json'
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_DIR, 'tools', 'bench'),
+         '--duration', '1', '--scenarios', 'notify', '--payloads', '100',
+         '--rabbit-durable', '--drivers', 'rabbit-durable',
+         '--amqp-url', URL, '--json', str(out), '--no-png'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result, = json.loads(out.read_text())['results']
+    assert result['driver'] == 'rabbit-durable'
+    assert 'impl_rabbit' in result['driver_class']
+    assert result['received'] > 0 and result['lost'] == 0, result
+    queue = result['topic'] + '.info'
+    try:
+        assert _is_durable(queue)
+    finally:
+        _amqp091(lambda channel: channel.queue_delete(queue))
