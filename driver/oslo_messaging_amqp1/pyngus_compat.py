@@ -384,9 +384,14 @@ class EventFilter:
 
     def abort_sends(self, link) -> list:
         """Forget a closed raw sender; the outcomes it never got."""
-        entry = self._senders.pop(getattr(link._pn_link, '_impl', None),
-                                  None)
-        return list(entry[1].values()) if entry else []
+        raw_link = getattr(link._pn_link, '_impl', None)
+        entry = self._senders.get(raw_link)
+        if entry is None or entry[0] is not link:
+            # no raw send on link; an entry under its address is a freed
+            # link's, whose sends are not link's to abort
+            return []
+        del self._senders[raw_link]
+        return list(entry[1].values())
 
     def _raw(self, number, raw) -> bool:
         """Handle a raw link's event here (False: pyngus handles it)."""

@@ -341,3 +341,20 @@ def test_sends_a_closed_sender_cut_off_are_aborted(filtered):
         pair.pump()
         pair.handler.sender_closed.assert_called_once_with(pair.link)
         assert outcomes == [pyngus.SenderLink.ABORTED] * 2
+
+
+def test_a_closed_sender_aborts_no_freed_links_sends():
+    """An address proton reuses: the freed link's sends are not aborted."""
+    with helpers.SenderPair(True) as pair:
+        pair.handler.sender_closed.side_effect = pyngus_compat.abort_sends
+        collector = pair.link._connection._pn_collector
+        freed = []
+        # what a freed sender left under the address pair.link now has
+        collector._senders[pair.link._pn_link._impl] = (
+            object(), {'delivery': lambda state, info: freed.append(state)})
+        pair.receiver.close()
+        pair.pump()
+        pair.link.close()
+        pair.pump()
+        pair.handler.sender_closed.assert_called_once_with(pair.link)
+        assert freed == []
