@@ -114,6 +114,9 @@ def test_ratios_compare_the_medians_of_the_repeats():
     assert row['throughput_ratio'] == pytest.approx(1.0)
     assert bench['median']([4.0, None, 1.0]) == pytest.approx(2.5)
     assert bench['median']([None]) is None
+    # the chart draws the repeat of the median p99
+    assert bench['median_trial'](results[0::2]) is results[4]
+    assert bench['median_trial'](results[1::2]) is results[1]
 
 
 def test_bench_rates_bad_input():
