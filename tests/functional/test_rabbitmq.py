@@ -226,18 +226,23 @@ def _amqp091(work):
             pass
 
 
-def _queue_type_is(name, queue_type) -> bool:
-    """Does RabbitMQ accept queue name re-declared as queue_type?"""
+def _redeclare_accepted(name, **declare) -> bool:
+    """Does RabbitMQ accept queue name re-declared with these arguments?"""
     import amqp
 
-    def declare(channel):
+    def declare_again(channel):
         try:
-            channel.queue_declare(name, durable=True, auto_delete=False,
-                                  arguments={'x-queue-type': queue_type})
+            channel.queue_declare(name, **declare)
             return True
         except amqp.exceptions.PreconditionFailed:
             return False
-    return _amqp091(declare)
+    return _amqp091(declare_again)
+
+
+def _queue_type_is(name, queue_type) -> bool:
+    """Does RabbitMQ accept queue name re-declared as queue_type?"""
+    return _redeclare_accepted(name, durable=True, auto_delete=False,
+                               arguments={'x-queue-type': queue_type})
 
 
 def test_quorum_queues(bus, conf):
@@ -612,15 +617,7 @@ def test_bus_check_tells_rabbitmq_from_the_daemons():
 
 def _is_durable(name) -> bool:
     """Does RabbitMQ refuse queue name re-declared non-durable?"""
-    import amqp
-
-    def declare(channel):
-        try:
-            channel.queue_declare(name, durable=False, auto_delete=False)
-            return False
-        except amqp.exceptions.PreconditionFailed:
-            return True
-    return _amqp091(declare)
+    return not _redeclare_accepted(name, durable=False, auto_delete=False)
 
 
 def test_bench_rabbit_durable_keeps_what_it_sends(tmp_path):
